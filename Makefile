@@ -1,0 +1,26 @@
+# Two commands for a new machine: `make demo` and `make test`. Both create .venv if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: demo test bench lint clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+demo: $(PY)
+	$(PIP) install -q -e .
+	$(VENV)/bin/txpy demo
+
+# torch==2.13.0 is the CPU build on this project's machines; the ML libraries are test-only.
+test: $(PY)
+	$(PIP) install -q -e '.[test]' torch==2.13.0
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest
+
+bench: $(PY)
+	$(PIP) install -q -e '.[test]' torch==2.13.0
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,45 @@
+"""txpy — Transactional Python: Durability, Atomicity, Replicability, Time-versioning for a
+Python session's state, with no change to the user's code."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from .errors import TxpyError, TxpyWarning
+from .model import Commit, Diff
+from .repo import Repository
+from .session import Session, load_component
+
+__all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "load"]
+__version__ = "0.1.0"
+
+
+def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
+         commit: str | None = None) -> dict[str, Any]:
+    """A fresh dict holding the state of a commit (default: HEAD of history ``name``).
+
+    ``name`` may be omitted when the store holds one history. Global random generators are
+    not touched; names that were never stored are reported, not returned.
+    """
+    repo = Repository.open(store)
+    try:
+        if name is None:
+            histories = repo.histories()
+            if commit is None and len(histories) != 1:
+                raise TxpyError(f"the store holds {len(histories)} histories "
+                                f"({', '.join(histories) or 'none'}); name one")
+            name = histories[0] if len(histories) == 1 else None
+        target = repo.resolve(name, commit)
+        tree = repo.tree(target)
+        state: dict[str, Any] = {}
+        for key in set(tree.components.values()):
+            state.update(load_component(repo, key, state))
+        if tree.unstored:
+            warnings.warn("not restored (never stored): " + ", ".join(
+                f"{n} ({u.type_name})" for n, u in sorted(tree.unstored.items())),
+                TxpyWarning, stacklevel=2)
+        return state
+    finally:
+        repo.close()

@@ -1,0 +1,241 @@
+"""The `txpy` command: parses arguments, calls Repository/Session, prints with rich."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import load
+from .errors import TxpyError
+from .model import Commit
+from .repo import Repository, find_store
+
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """User mistakes become one clean line, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TxpyError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+store_option = click.option(
+    "--store", "store", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="The store directory (default: the .txpy/ in this directory or a parent).")
+history_option = click.option(
+    "--history", "-H", "history", default=None,
+    help="Which history of the store (default: the only one, when there is one).")
+
+
+def _open(store: Path | None) -> Repository:
+    return Repository.open(store if store is not None else find_store())
+
+
+def _history(repo: Repository, history: str | None) -> str | None:
+    if history is not None:
+        if history not in repo.histories():
+            raise TxpyError(f"no history {history!r} in this store; it has: "
+                            f"{', '.join(repo.histories()) or 'none'}")
+        return history
+    histories = repo.histories()
+    return histories[0] if len(histories) == 1 else None
+
+
+def _resolve(repo: Repository, history: str | None, ref: str) -> Commit:
+    name = _history(repo, history)
+    if name is None and (ref == "HEAD" or not _looks_like_id(ref)):
+        raise TxpyError(f"{ref!r} is ambiguous: this store has several histories; pass -H NAME")
+    return repo.resolve(name, ref)
+
+
+def _looks_like_id(ref: str) -> bool:
+    return len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower())
+
+
+def _when(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _first_line(commit: Commit) -> str:
+    text = commit.message or (commit.code or "").strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@click.group()
+@click.version_option(package_name="txpy")
+def main() -> None:
+    """txpy — Transactional Python: durable, atomic, replicable, time-versioned sessions."""
+
+
+@main.command()
+@store_option
+@history_option
+@_friendly
+def log(store: Path | None, history: str | None) -> None:
+    """List commits, newest first, with the branches pointing at them."""
+    repo = _open(store)
+    histories = [history] if history else repo.histories()
+    _history(repo, history)
+    for name in histories:
+        refs: dict[str, list[str]] = {}
+        for branch, cid in repo.meta.branches(name).items():
+            refs.setdefault(cid, []).append(branch)
+        head_branch, head = repo.meta.head(name)
+        table = Table(title=f"history {name}", title_justify="left")
+        for col in ("commit", "refs", "time", "kind", "written", "what"):
+            table.add_column(col)
+        for c in repo.log(name):
+            marks = refs.get(c.id, [])
+            if c.id == head:
+                marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
+            table.add_row(c.short, ", ".join(marks), _when(c.time), c.kind,
+                          _size(c.stats.get("bytes_written", 0)), _first_line(c))
+        console.print(table)
+    if not histories:
+        console.print("the store has no commits yet")
+
+
+@main.command()
+@click.argument("commit")
+@store_option
+@history_option
+@_friendly
+def show(commit: str, store: Path | None, history: str | None) -> None:
+    """Show a commit: its variables, what was not stored, its code and environment."""
+    repo = _open(store)
+    c = _resolve(repo, history, commit)
+    tree = repo.tree(c)
+    console.print(f"[bold]commit {c.id}[/bold]\nhistory {c.history}   parents "
+                  f"{', '.join(p[:12] for p in c.parents) or '-'}   {_when(c.time)}   {c.kind}")
+    if c.message:
+        console.print(c.message)
+    table = Table("name", "component", "buffers")
+    for name, key in sorted(tree.components.items()):
+        manifest = repo.manifest(key)
+        table.add_row(name, key[:12], _size(sum(b.nbytes for b in manifest.buffers)))
+    for name, u in sorted(tree.unstored.items()):
+        table.add_row(name, "[red]not stored[/red]", f"{u.type_name}: {u.reason}")
+    console.print(table)
+    if c.code:
+        console.print("[bold]code[/bold]\n" + c.code)
+    console.print(f"python {c.env.get('python')} on {c.env.get('platform')}; packages: "
+                  + ", ".join(f"{k} {v}" for k, v in c.env.get("packages", {}).items()))
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@store_option
+@history_option
+@_friendly
+def diff(a: str, b: str, store: Path | None, history: str | None) -> None:
+    """Names added, removed and changed from commit A to commit B."""
+    repo = _open(store)
+    d = repo.diff(_resolve(repo, history, a), _resolve(repo, history, b))
+    if not d:
+        console.print("no differences")
+    for sign, color, names in (("+", "green", d.added), ("-", "red", d.removed),
+                               ("~", "yellow", d.changed)):
+        for n in names:
+            console.print(f"[{color}]{sign} {n}[/{color}]")
+
+
+@main.command()
+@store_option
+@history_option
+@_friendly
+def branch(store: Path | None, history: str | None) -> None:
+    """List branches of each history; * marks HEAD's."""
+    repo = _open(store)
+    _history(repo, history)
+    for name in [history] if history else repo.histories():
+        head_branch, head = repo.meta.head(name)
+        console.print(f"[bold]{name}[/bold]")
+        for b, cid in repo.meta.branches(name).items():
+            console.print(f"{'*' if b == head_branch else ' '} {b:20} {cid[:12]}")
+        if head_branch is None and head:
+            console.print(f"* (HEAD detached at {head[:12]})")
+
+
+@main.command()
+@store_option
+@_friendly
+def gc(store: Path | None) -> None:
+    """Delete chunks that no commit refers to (e.g. left by a crash)."""
+    removed, freed = _open(store).gc()
+    console.print(f"removed {removed} unreferenced chunks, freed {_size(freed)}")
+
+
+@main.command()
+@store_option
+@_friendly
+def fsck(store: Path | None) -> None:
+    """Verify every commit, record and chunk against its hash and signature."""
+    repo = _open(store)
+    with console.status("checking...") as status:
+        report = repo.fsck(lambda i, n: status.update(f"checking commit {i + 1}/{n}"))
+    for d in report.damage:
+        names = f" — affects {', '.join(d.names)}" if d.names else ""
+        console.print(f"[red]commit {d.commit[:12]} ({d.history}): {d.what}{names}[/red]")
+    console.print(f"{report.commits} commits, {report.chunks} records and chunks checked: "
+                  + ("ok" if report.ok else f"{len(report.damage)} problems"))
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("commit", default="HEAD")
+@store_option
+@history_option
+@_friendly
+def shell(commit: str, store: Path | None, history: str | None) -> None:
+    """An interactive Python whose globals are the state of COMMIT (IPython if installed)."""
+    repo = _open(store)
+    c = _resolve(repo, history, commit)
+    state = load(repo.path, c.history, c.id)
+    banner = f"txpy: state of commit {c.short} ({c.history}): {', '.join(sorted(state))}"
+    try:
+        from IPython import start_ipython
+    except ImportError:
+        import code
+
+        code.interact(banner=banner, local=state)
+        return
+    print(banner)
+    start_ipython(argv=[], user_ns=state)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where to put the demo's store (default: a temporary dir).")
+@_friendly
+def demo(directory: Path | None) -> None:
+    """A short scripted tour: commit training state, log, diff, rollback, checkout."""
+    from .demo import run
+
+    run(directory, console)

@@ -1,0 +1,259 @@
+"""Values ⇄ bytes: pickle protocol 5 with out-of-band buffers.
+
+* Big buffers (numpy arrays, torch CPU tensors, pandas numeric columns) leave the pickle stream
+  as out-of-band buffers, so they are hashed and chunked in place, never copied to pickle.
+* Functions and classes defined in the user namespace are pickled by value (cloudpickle), but
+  their ``__globals__`` is the namespace itself, not a copy of the globals they use: once
+  restored they read and write the live namespace, like the originals.
+* A value that cannot be pickled is reported (UnpicklableError), never a failed transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import pickle
+import sys
+import threading
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+from cloudpickle import cloudpickle as _cp
+
+from .errors import RestoreError
+
+_loading = threading.local()
+#: Types whose instances are immutable or global, so sharing one between two names does not
+#: make those names co-variables. Anything not listed counts as shareable (examine too much
+#: rather than split a real co-variable), except library globals (see _library_globals).
+_NOT_SHARED: tuple[type, ...] = (
+    str, bytes, tuple, frozenset, int, float, complex, bool, type(None), range, slice, type,
+    types.ModuleType, types.BuiltinFunctionType, types.CodeType, pickle.PickleBuffer,
+    types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType,
+    enum.Enum,
+)
+_globals_cache: tuple[int, dict[int, Any]] = (-1, {})
+
+
+def _library_globals() -> dict[int, Any]:
+    """Objects bound at module level in imported modules (dtypes, singletons, library
+    functions), by id: every pickle reaches them, so they must not join unrelated names.
+    Holding them keeps their ids from being reused by user objects. Recomputed only when the
+    set of imported modules changes."""
+    global _globals_cache
+    count = len(sys.modules)
+    if _globals_cache[0] != count:
+        objects: dict[int, Any] = {}
+        for name, module in list(sys.modules.items()):
+            if name == "__main__" or module is None:
+                continue
+            try:
+                objects.update((id(v), v) for v in vars(module).values())
+            except TypeError:
+                continue
+        _globals_cache = (count, objects)
+    return _globals_cache[1]
+
+
+class UnpicklableError(Exception):
+    """A value could not be serialized; str(self) says why in one line."""
+
+
+class _NamespaceMarker:
+    """Stands for the user namespace inside a pickle; becomes the loading namespace.
+    A module global, so it never joins names into one component."""
+
+    def __reduce__(self) -> tuple[Callable[[], dict[str, Any]], tuple[()]]:
+        return _loading_namespace, ()
+
+
+_NAMESPACE = _NamespaceMarker()
+
+
+def _loading_namespace() -> dict[str, Any]:
+    return _loading.namespace
+
+
+@dataclass
+class Encoded:
+    """One pickled value (or tuple of values): its stream, its out-of-band buffers, and the
+    objects it reached that can be shared with other names (id → object, kept alive while the
+    caller groups names, so no id is reused in the meantime)."""
+
+    stream: bytes
+    buffers: list[memoryview]
+    shared: dict[int, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class _StatePickler(cloudpickle.Pickler):
+    """cloudpickle's C pickler plus namespace-aware functions and out-of-band torch tensors."""
+
+    def __init__(self, file: io.BytesIO, namespace: Mapping[str, Any] | None,
+                 buffer_callback: Callable[[pickle.PickleBuffer], None]):
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        self._namespace = namespace
+        self._storages: dict[tuple[int, int], _StorageHolder] = {}
+        self.notes: list[str] = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.FunctionType) and obj.__globals__ is self._namespace:
+            return self._namespace_function_reduce(obj)
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(obj, torch.Tensor):
+            reduced = self._tensor_reduce(torch, obj)
+            if reduced is not NotImplemented:
+                return reduced
+        return super().reducer_override(obj)
+
+    def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
+        code, _, _, _, closure = self._function_getnewargs(func)
+        state, slotstate = _cp._function_getstate(func)
+        slotstate["__globals__"] = {}
+        return (types.FunctionType, (code, _NAMESPACE, None, None, closure),
+                (state, slotstate), None, None, _cp._function_setstate)
+
+    def _tensor_reduce(self, torch: Any, t: Any) -> Any:
+        if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu"
+                or t.layout != torch.strided or t.is_quantized or t.is_nested):
+            return NotImplemented
+        if t.is_conj() or t.is_neg():
+            t = t.resolve_conj().resolve_neg()
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        holder = self._storages.get(key)
+        if holder is None:
+            holder = self._storages[key] = _StorageHolder(torch, storage)
+        grad = None
+        if t.is_leaf:
+            grad = t.grad
+        elif t.requires_grad:
+            self.notes.append("a tensor's autograd graph is not stored (restored as a leaf)")
+        state = dict(t.__dict__) if t.__dict__ else None
+        return (_rebuild_tensor, (holder, t.dtype, t.storage_offset(), tuple(t.size()),
+                                  tuple(t.stride()), t.requires_grad, grad,
+                                  isinstance(t, torch.nn.Parameter), state))
+
+
+class _StorageHolder:
+    """One torch storage, pickled once per stream as an out-of-band uint8 buffer, so views
+    that share a storage still share it after a restore."""
+
+    def __init__(self, torch: Any, storage: Any):
+        self.storage = storage
+        self._torch = torch
+
+    def __reduce__(self) -> Any:
+        if self.storage.nbytes() == 0:
+            return _rebuild_storage, (b"",)
+        as_bytes = self._torch.empty(0, dtype=self._torch.uint8).set_(self.storage)
+        return _rebuild_storage, (pickle.PickleBuffer(as_bytes.numpy()),)
+
+
+def _rebuild_storage(buffer: Any) -> Any:
+    import torch
+
+    if len(memoryview(buffer)) == 0:
+        return torch.UntypedStorage(0)
+    return torch.frombuffer(buffer, dtype=torch.uint8).untyped_storage()
+
+
+def _rebuild_tensor(storage: Any, dtype: Any, offset: int, size: tuple[int, ...],
+                    stride: tuple[int, ...], requires_grad: bool, grad: Any, is_parameter: bool,
+                    state: dict[str, Any] | None) -> Any:
+    import torch
+
+    t = torch.empty(0, dtype=dtype).set_(storage, offset, size, stride)
+    if is_parameter:
+        t = torch.nn.Parameter(t, requires_grad=requires_grad)
+    elif requires_grad:
+        t.requires_grad_(True)
+    if grad is not None:
+        t.grad = grad
+    if state:
+        t.__dict__.update(state)
+    return t
+
+
+def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: bool) -> Encoded:
+    """Pickle value; UnpicklableError if it (or something it holds) cannot be pickled.
+
+    Deep graphs that overflow the recursion limit are retried on a thread with a large stack.
+    """
+    try:
+        return _encode(value, namespace, collect_shared)
+    except RecursionError:
+        return _on_big_stack(lambda: _encode(value, namespace, collect_shared))
+
+
+def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: bool) -> Encoded:
+    out = io.BytesIO()
+    buffers: list[memoryview] = []
+    pickler = _StatePickler(out, namespace, lambda b: buffers.append(b.raw()))
+    try:
+        pickler.dump(value)
+    except RecursionError:
+        raise
+    except Exception as e:  # any failure inside a reducer means "cannot be stored"
+        if isinstance(e.__cause__, RecursionError):  # cloudpickle wraps it
+            raise e.__cause__ from None
+        raise UnpicklableError(_reason(e)) from None
+    shared = {}
+    if collect_shared:
+        library = _library_globals()
+        shared = {i: o for i, (_, o) in pickler.memo.copy().items()
+                  if i not in library and not isinstance(o, _NOT_SHARED)
+                  and not (isinstance(o, types.FunctionType) and o.__globals__ is not namespace)}
+    return Encoded(out.getvalue(), buffers, shared, pickler.notes)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
+
+
+def decode(stream: bytes, buffers: Sequence[Any], namespace: dict[str, Any]) -> Any:
+    """Unpickle a stream; functions it defines get namespace as their globals."""
+    previous = getattr(_loading, "namespace", None)
+    _loading.namespace = namespace
+    try:
+        try:
+            return pickle.loads(stream, buffers=buffers)
+        except RecursionError:
+            return _on_big_stack(lambda: pickle.loads(stream, buffers=buffers))
+    except ModuleNotFoundError as e:
+        raise RestoreError(f"needs the package {e.name!r}, which is not installed here") from None
+    finally:
+        _loading.namespace = previous
+
+
+def _on_big_stack(work: Callable[[], Any]) -> Any:
+    """Run work on a thread with a 1 GiB stack and a high recursion limit (deep object graphs)."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(1_000_000)
+        try:
+            result.append(work())
+        except BaseException as e:  # re-raised in the caller's thread
+            error.append(e)
+        finally:
+            sys.setrecursionlimit(limit)
+
+    old_size = threading.stack_size(1 << 30)
+    try:
+        worker = threading.Thread(target=run, name="txpy-deep-pickle")
+        worker.start()
+    finally:
+        threading.stack_size(old_size)
+    worker.join()
+    if error:
+        if isinstance(error[0], RecursionError):
+            raise UnpicklableError("object graph too deep to pickle") from None
+        raise error[0]
+    return result[0]

@@ -1,0 +1,48 @@
+"""Environment fingerprint of a commit: Python, platform, versions of imported packages.
+
+Recorded so that a restore elsewhere can say which differences matter before it unpickles.
+Versions are looked up once per package per process (importlib.metadata is slow).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+_versions: dict[str, str | None] = {}
+_top_level_to_dist: dict[str, list[str]] | None = None
+
+
+def _dists_of(module: str) -> list[str]:
+    global _top_level_to_dist
+    if _top_level_to_dist is None:
+        _top_level_to_dist = metadata.packages_distributions()
+    return _top_level_to_dist.get(module, [])
+
+
+def imported_packages() -> dict[str, str]:
+    """{distribution: version} for every installed distribution with an imported module."""
+    out: dict[str, str] = {}
+    for name in list(sys.modules):
+        if "." in name or name.startswith("_") or name in sys.stdlib_module_names:
+            continue
+        for dist in _dists_of(name):
+            if dist not in _versions:
+                try:
+                    _versions[dist] = metadata.version(dist)
+                except metadata.PackageNotFoundError:
+                    _versions[dist] = None
+            version = _versions[dist]
+            if version:
+                out[dist] = version
+    return dict(sorted(out.items()))
+
+
+def fingerprint() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+        "packages": imported_packages(),
+    }

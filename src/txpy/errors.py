@@ -1,0 +1,33 @@
+"""Errors a user can cause. Each message says what to do next."""
+
+
+class TxpyError(Exception):
+    """Base class for every error caused by input or store state, not by a txpy bug."""
+
+
+class NotAStoreError(TxpyError):
+    """The path given is not a txpy store."""
+
+
+class StoreVersionError(TxpyError):
+    """The store was written by a newer txpy."""
+
+
+class UnknownRefError(TxpyError):
+    """A commit id, prefix or branch name that the store does not know."""
+
+
+class CorruptStoreError(TxpyError):
+    """Bytes in the store do not match their hash or signature."""
+
+
+class StoreBusyError(TxpyError):
+    """Another process holds the store's lock for an operation that needs it alone."""
+
+
+class RestoreError(TxpyError):
+    """A committed value cannot be rebuilt here (e.g. a package it needs is missing)."""
+
+
+class TxpyWarning(UserWarning):
+    """Something was not stored or not restored exactly; the message says what."""

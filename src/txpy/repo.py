@@ -1,0 +1,305 @@
+"""Repository: one store directory holding many histories — commit graph, refs, gc, fsck.
+
+Layout of a store (``.txpy/``)::
+
+    txpy.db      SQLite: commit records (signed), branches, each history's HEAD
+    objects/     content-addressed chunks: data, component manifests, trees
+    key          this store's signing key (HMAC-SHA256 over commit ids), mode 0600
+    lock         flock: writers share it, gc takes it alone
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hmac
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import CorruptStoreError, NotAStoreError, StoreBusyError, UnknownRefError
+from .model import Commit, ComponentManifest, Diff, Tree
+from .store.backend import LocalBackend
+from .store.chunks import ChunkStore, chunk_key
+from .store.meta import MetaDB
+
+STORE_DIR = ".txpy"
+DEFAULT_BRANCH = "main"
+
+
+def find_store(start: str | os.PathLike[str] = ".") -> Path:
+    """The nearest ``.txpy`` in start or a parent (like git), or start itself if it is one."""
+    here = Path(start).resolve()
+    if (here / "txpy.db").is_file():
+        return here
+    for d in (here, *here.parents):
+        if (d / STORE_DIR / "txpy.db").is_file():
+            return d / STORE_DIR
+    raise NotAStoreError(f"no txpy store in {here} or any parent (looked for {STORE_DIR}/)")
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One problem fsck found, with what it affects."""
+
+    commit: str
+    history: str
+    what: str
+    names: tuple[str, ...] = ()
+
+
+@dataclass
+class FsckReport:
+    commits: int = 0
+    chunks: int = 0
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+
+class Repository:
+    """Porcelain over the store: everything except the live namespace."""
+
+    def __init__(self, path: Path, meta: MetaDB, key: bytes):
+        self.path = path
+        self.meta = meta
+        self.chunks = ChunkStore(LocalBackend(path / "objects"))
+        self._key = key
+        self._lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    # opening
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], create: bool = False) -> Repository:
+        """Open the store at path (a ``.txpy`` dir, or a dir containing one); create if asked."""
+        p = Path(path)
+        if (p / STORE_DIR).is_dir() and not (p / "txpy.db").exists():
+            p = p / STORE_DIR
+        if not (p / "txpy.db").is_file():
+            if not create:
+                raise NotAStoreError(f"{p} is not a txpy store (no txpy.db); a session "
+                                     "creates one: txpy.Session(store=...)")
+            if p.exists() and any(p.iterdir()):
+                raise NotAStoreError(f"{p} exists and is not an empty directory or a txpy store")
+            p.mkdir(parents=True, exist_ok=True)
+            (p / "objects").mkdir(exist_ok=True)
+            key_path = p / "key"
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            key = (p / "key").read_bytes()
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{p} has no signing key file; it cannot be trusted") from None
+        return cls(p.resolve(), MetaDB(p / "txpy.db", create=create), key)
+
+    def close(self) -> None:
+        self.meta.close()
+        os.close(self._lock_fd)
+
+    # locking
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held while a commit writes chunks: gc (which needs the lock alone) waits."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreBusyError("another txpy process is writing to this store; try again when "
+                                 "it is idle") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # signing
+    def _sign(self, commit_id: str) -> str:
+        return hmac.new(self._key, commit_id.encode(), "sha256").hexdigest()
+
+    # commits
+    def new_commit(self, commit: Commit, branch: str | None) -> tuple[Commit, str]:
+        """Publish commit on branch of its history, atomically; return it and the branch used.
+
+        If the branch moved since commit's parent (another process committed there), or HEAD
+        is detached, the commit starts a new branch instead: no one's history is lost.
+        """
+        body = commit.body()
+        commit = replace(commit, id=chunk_key(body))
+        history = commit.history
+        parent = commit.parents[0] if commit.parents else None
+        with self.meta.write() as conn:
+            used = branch
+            if used is None or self.meta.branch_commit(history, used) not in (None, parent):
+                used = self._free_branch_name(history, used or DEFAULT_BRANCH)
+            self.meta.insert_commit(conn, commit.id, history, commit.time, body,
+                                    self._sign(commit.id))
+            self.meta.set_branch(conn, history, used, commit.id)
+            self.meta.set_head(conn, history, used, commit.id)
+        return commit, used
+
+    def _free_branch_name(self, history: str, base: str) -> str:
+        taken = self.meta.branches(history)
+        if base not in taken:
+            return base
+        n = 2
+        while f"{base}-{n}" in taken:
+            n += 1
+        return f"{base}-{n}"
+
+    def commit(self, commit_id: str) -> Commit:
+        """A commit by full id, verified (hash and signature) before anything uses it."""
+        row = self.meta.commit_row(commit_id)
+        if row is None:
+            raise UnknownRefError(f"unknown commit {commit_id[:12]}")
+        body, sig = row
+        if chunk_key(body) != commit_id:
+            raise CorruptStoreError(f"commit {commit_id[:12]}: record does not match its id")
+        if not hmac.compare_digest(self._sign(commit_id), sig):
+            raise CorruptStoreError(f"commit {commit_id[:12]}: signature is not this store's key;"
+                                    " the store was tampered with or copied from elsewhere")
+        return Commit.from_body(commit_id, body)
+
+    def resolve(self, history: str | None, ref: str | None = None) -> Commit:
+        """A commit from a ref: None/"HEAD" (that history's HEAD), a branch, an id or prefix."""
+        if ref is None or ref == "HEAD":
+            if history is None:
+                raise UnknownRefError("HEAD needs a history name")
+            _, cid = self.meta.head(history)
+            if cid is None:
+                raise UnknownRefError(f"history {history!r} has no commits in {self.path}")
+            return self.commit(cid)
+        if history is not None:
+            cid = self.meta.branch_commit(history, ref)
+            if cid is not None:
+                return self.commit(cid)
+        if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower()):
+            matches = self.meta.commit_ids_with_prefix(ref.lower())
+            if len(matches) == 1:
+                return self.commit(matches[0])
+            if len(matches) > 1:
+                raise UnknownRefError(f"commit prefix {ref!r} is ambiguous; give more digits")
+        where = f" in history {history!r}" if history else ""
+        raise UnknownRefError(f"unknown commit or branch {ref!r}{where}")
+
+    def set_head(self, history: str, branch: str | None, commit_id: str) -> None:
+        with self.meta.write() as conn:
+            self.meta.set_head(conn, history, branch, commit_id)
+
+    def create_branch(self, history: str, name: str, commit_id: str) -> None:
+        if self.meta.branch_commit(history, name) is not None:
+            raise UnknownRefError(f"branch {name!r} already exists in history {history!r}")
+        with self.meta.write() as conn:
+            self.meta.set_branch(conn, history, name, commit_id)
+
+    def log(self, history: str) -> list[Commit]:
+        """Every commit of a history, newest first."""
+        return [self.commit(cid) for cid, _, _ in reversed(self.meta.all_commit_rows(history))]
+
+    def histories(self) -> list[str]:
+        return self.meta.histories()
+
+    # objects
+    def tree(self, commit: Commit) -> Tree:
+        return Tree.from_bytes(self.chunks.get(commit.tree))
+
+    def manifest(self, key: str) -> ComponentManifest:
+        return ComponentManifest.from_bytes(self.chunks.get(key))
+
+    def diff(self, a: Commit, b: Commit) -> Diff:
+        ta, tb = self.tree(a), self.tree(b)
+        na, nb = ta.names, tb.names
+        changed = sorted(n for n in na & nb if ta.fingerprints.get(n) != tb.fingerprints.get(n)
+                         or (n in ta.unstored) != (n in tb.unstored))
+        return Diff(tuple(sorted(nb - na)), tuple(sorted(na - nb)), tuple(changed))
+
+    # maintenance
+    def _reachable(self) -> set[str]:
+        """Every chunk key some commit refers to; damaged records keep what they can."""
+        keys: set[str] = set()
+        for cid, _, _ in self.meta.all_commit_rows():
+            commit = self.commit(cid)
+            keys.add(commit.tree)
+            try:
+                tree = self.tree(commit)
+            except CorruptStoreError:
+                continue
+            for comp in tree.component_keys():
+                keys.add(comp)
+                try:
+                    keys.update(self.manifest(comp).chunk_keys())
+                except CorruptStoreError:
+                    pass
+        return keys
+
+    def gc(self) -> tuple[int, int]:
+        """Delete chunks no commit refers to; return (chunks removed, bytes freed)."""
+        with self.exclusive():
+            live = self._reachable()
+            removed = freed = 0
+            backend = self.chunks.backend
+            assert isinstance(backend, LocalBackend)
+            backend.remove_temp_files()
+            for key in list(self.chunks.keys()):
+                if key not in live:
+                    freed += backend.size(key)
+                    self.chunks.delete(key)
+                    removed += 1
+            return removed, freed
+
+    def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
+        """Verify every commit, tree, manifest and chunk; report what any damage affects."""
+        report = FsckReport()
+        verified: dict[str, str | None] = {}  # key -> problem or None
+
+        def check(key: str) -> str | None:
+            if key not in verified:
+                try:
+                    self.chunks.get(key)
+                    verified[key] = None
+                except CorruptStoreError as e:
+                    verified[key] = str(e)
+            return verified[key]
+
+        rows = self.meta.all_commit_rows()
+        for i, (cid, _, _) in enumerate(rows):
+            if progress:
+                progress(i, len(rows))
+            report.commits += 1
+            try:
+                commit = self.commit(cid)
+            except CorruptStoreError as e:
+                report.damage.append(Damage(cid, "?", str(e)))
+                continue
+            problem = check(commit.tree)
+            if problem:
+                report.damage.append(Damage(cid, commit.history, f"tree: {problem}"))
+                continue
+            tree = self.tree(commit)
+            by_component: dict[str, list[str]] = {}
+            for name, comp in tree.components.items():
+                by_component.setdefault(comp, []).append(name)
+            if tree.rng:
+                by_component.setdefault(tree.rng, []).append("<random generator state>")
+            for comp, names in by_component.items():
+                problem = check(comp)
+                if problem is None:
+                    for key in self.manifest(comp).chunk_keys():
+                        problem = check(key)
+                        if problem:
+                            break
+                if problem:
+                    report.damage.append(Damage(cid, commit.history, problem, tuple(sorted(names))))
+        report.chunks = len(verified)
+        return report

@@ -1,0 +1,394 @@
+"""Session: binds one namespace (a plain dict) to one history of a Repository.
+
+commit → which names to examine → encode + fingerprint → co-variable groups → stage changed
+components → one durable batch → signed commit record. rollback / checkout / restore run the
+same pipeline backwards. Frontends only decide *when* to call these, and which names a
+transaction could have touched (``candidates``); without candidates every name is examined.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from . import env, graph, rng
+from .delta import ComponentWriter, Fingerprint, digest_of, fingerprint
+from .encode import UnpicklableError, decode, encode
+from .errors import RestoreError, TxpyWarning
+from .model import Commit, Diff, Tree, Unstored
+from .repo import Repository
+
+RNG_NAME = "<random generators>"
+#: sys.getrefcount of an object held only by our `shared` dict while iterating it; more refs
+#: means something in the session still holds it (it is not a pickling temporary).
+_TEMPORARY_REFS = 3
+
+
+@dataclass
+class _Known:
+    """What this session knows of a name's value as of HEAD: if the binding is unchanged and
+    the transaction could not have touched it, it is unchanged."""
+
+    obj_id: int
+    digest: str | None  # None: not stored
+    shared: frozenset[int]
+
+
+def default_notify(message: str) -> None:
+    print(f"txpy: {message}", file=sys.stderr)
+
+
+def is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+class Session:
+    """A namespace made durable, atomic and versioned in a store.
+
+    ``Session(store=".txpy", name="demo", namespace=ns)`` opens (or creates) the store and
+    the history ``name`` in it. The namespace is used as is: it stays a plain dict.
+    """
+
+    def __init__(self, store: str | os.PathLike[str] = ".txpy", name: str = "default",
+                 namespace: dict[str, Any] | None = None, *, verify: bool | None = None,
+                 ignore: Callable[[str], bool] = is_dunder,
+                 notify: Callable[[str], None] = default_notify):
+        self.repo = Repository.open(store, create=True)
+        self.name = name
+        self.namespace: dict[str, Any] = {} if namespace is None else namespace
+        self.verify = os.environ.get("TXPY_VERIFY") == "1" if verify is None else verify
+        self.ignore = ignore
+        self.notify = notify
+        self._writer = ComponentWriter(self.repo.chunks)
+        self._known: dict[str, _Known] = {}
+        self._components: dict[tuple[tuple[str, ...], str], str] = {}  # (names, digest) -> key
+        self._warned: set[tuple[str, str]] = set()
+        self._branch, head = self.repo.meta.head(name)
+        self._head: Commit | None = self.repo.commit(head) if head else None
+        self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
+
+    def close(self) -> None:
+        self.repo.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading state -------------------------------------------------------------------
+    @property
+    def head(self) -> Commit | None:
+        return self._head
+
+    @property
+    def branch(self) -> str | None:
+        """The branch HEAD is on; None when an older commit is checked out (detached)."""
+        return self._branch
+
+    @property
+    def unstored(self) -> dict[str, Unstored]:
+        """Names not stored in HEAD, and why."""
+        return dict(self._tree.unstored) if self._tree else {}
+
+    def _tracked(self) -> dict[str, Any]:
+        return {n: v for n, v in self.namespace.items() if not self.ignore(n)}
+
+    # --- commit --------------------------------------------------------------------------
+    def commit(self, message: str = "", *, kind: str = "api", code: str | None = None,
+               candidates: Iterable[str] | None = None, duration: float = 0.0) -> str:
+        """Store the namespace's state; return the commit id (HEAD's if nothing changed).
+
+        candidates: names the transaction could have read or written; None examines all.
+        """
+        started = time.perf_counter()
+        cand = None if candidates is None else set(candidates)
+        current = self._tracked()
+        examine = self._to_examine(current, cand)
+        prints, unstored = self._encode_names(current, examine)
+        reached = {n: set(fp.encoded.shared) for n, fp in prints.items()}
+        for n in current.keys() - examine:
+            known = self._known[n]
+            if known.digest is None:
+                unstored[n] = self._tree.unstored[n] if self._tree else Unstored("?", "?")
+            else:
+                reached[n] = set(known.shared)
+        groups = graph.components(reached)
+        tree, staged = self._build_tree(current, examine, prints, groups, unstored)
+        tree_key = self._writer.stage_object(tree.to_bytes())
+        if self._head is not None and tree_key == self._head.tree:
+            self._writer.discard()
+            self._remember(current, examine, prints)
+            return self._head.id
+        with self.repo.writing():
+            written = self._writer.flush()
+            commit = Commit(
+                id="", history=self.name, parents=(self._head.id,) if self._head else (),
+                tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
+                reads=tuple(sorted(cand or ())), writes=(), env=env.fingerprint(),
+                duration=duration,
+                stats={"examined": len(examine), "bytes_written": written,
+                       "commit_seconds": round(time.perf_counter() - started, 6)},
+            )
+            commit, branch = self.repo.new_commit(commit, self._branch)
+        if branch != self._branch and self._head is not None:
+            self.notify(self._branch_message(branch))
+        self._branch, self._head, self._tree = branch, commit, tree
+        self._components.update(staged)
+        self._remember(current, examine, prints)
+        if self.verify and cand is not None:
+            self._verify_against(tree)
+        return commit.id
+
+    def _branch_message(self, branch: str) -> str:
+        if self._branch is None:
+            return (f"HEAD was at older commit {self._head.short}; new commits go on branch "  # type: ignore[union-attr]
+                    f"{branch!r} (nothing is lost)")
+        return (f"branch {self._branch!r} of history {self.name!r} moved in another process; "
+                f"this session continues on branch {branch!r}")
+
+    def _to_examine(self, current: dict[str, Any], cand: set[str] | None) -> set[str]:
+        examine = set()
+        for n, v in current.items():
+            known = self._known.get(n)
+            if known is None or known.obj_id != id(v) or cand is None or n in cand:
+                examine.add(n)
+        if self._tree is not None and examine:
+            # a mutation reaches other names only through shared objects: the whole component
+            by_component: dict[str, list[str]] = {}
+            for n, key in self._tree.components.items():
+                by_component.setdefault(key, []).append(n)
+            for n in list(examine):
+                key = self._tree.components.get(n)
+                if key is not None:
+                    examine.update(m for m in by_component[key] if m in current)
+        return examine
+
+    def _encode_names(self, current: dict[str, Any], examine: set[str]
+                      ) -> tuple[dict[str, Fingerprint], dict[str, Unstored]]:
+        prints: dict[str, Fingerprint] = {}
+        unstored: dict[str, Unstored] = {}
+        for n in sorted(examine):
+            value = current[n]
+            try:
+                prints[n] = fingerprint(encode(value, self.namespace, collect_shared=True))
+            except UnpicklableError as e:
+                unstored[n] = Unstored(type(value).__name__, str(e))
+                self._warn_once(n, f"{n!r} is not stored ({type(value).__name__}: {e}); "
+                                   "a restore will not bring it back")
+        return prints, unstored
+
+    def _warn_once(self, name: str, message: str) -> None:
+        if (name, message) not in self._warned:
+            self._warned.add((name, message))
+            warnings.warn(message, TxpyWarning, stacklevel=4)
+
+    def _build_tree(self, current: dict[str, Any], examine: set[str],
+                    prints: dict[str, Fingerprint], groups: list[tuple[str, ...]],
+                    unstored: dict[str, Unstored]
+                    ) -> tuple[Tree, dict[tuple[tuple[str, ...], str], str]]:
+        components: dict[str, str] = {}
+        digests: dict[str, str] = {}
+        staged: dict[tuple[tuple[str, ...], str], str] = {}
+
+        def key_for(names: tuple[str, ...], fp: Fingerprint) -> str:
+            k = (names, fp.digest)
+            if k not in self._components and k not in staged:
+                staged[k] = self._writer.stage(names, fp)
+            return self._components.get(k) or staged[k]
+
+        for group in groups:
+            if not examine.intersection(group):
+                for n in group:
+                    components[n] = self._tree.components[n]  # type: ignore[union-attr]
+                    digests[n] = self._known[n].digest  # type: ignore[assignment]
+                continue
+            for n in group:
+                digests[n] = prints[n].digest if n in prints else self._known[n].digest  # type: ignore[assignment]
+            if len(group) == 1:
+                fp = prints[group[0]]
+            else:
+                values = tuple(current[n] for n in group)
+                fp = fingerprint(encode(values, self.namespace, collect_shared=False))
+            key = key_for(group, fp)
+            for n in group:
+                components[n] = key
+        rng_key = key_for((RNG_NAME,), fingerprint(encode(rng.capture(), None,
+                                                          collect_shared=False)))
+        return Tree(components, digests, unstored, rng_key), staged
+
+    def _remember(self, current: dict[str, Any], examine: set[str],
+                  prints: dict[str, Fingerprint]) -> None:
+        for n in list(self._known):
+            if n not in current:
+                del self._known[n]
+        for n in examine:
+            fp = prints.get(n)
+            if fp is None:
+                self._known[n] = _Known(id(current[n]), None, frozenset())
+                continue
+            shared = frozenset(i for i, o in fp.encoded.shared.items()
+                               if sys.getrefcount(o) > _TEMPORARY_REFS)
+            fp.encoded.shared.clear()
+            self._known[n] = _Known(id(current[n]), fp.digest, shared)
+
+    def _verify_against(self, tree: Tree) -> None:
+        """Verify mode: every name, examined or not, must match what was committed."""
+        current = self._tracked()
+        for n, value in current.items():
+            if n in tree.unstored:
+                continue
+            if tree.fingerprints.get(n) != digest_of(value, self.namespace):
+                raise AssertionError(f"txpy verify: {n!r} changed but was not examined")
+
+    # --- transactions --------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, message: str = "") -> Iterator[Session]:
+        """Commit on success; on any exception (KeyboardInterrupt too) roll back, re-raise."""
+        self.commit()
+        started = time.perf_counter()
+        try:
+            yield self
+        except BaseException as e:
+            restored = self.rollback()
+            what = ", ".join(restored) if restored else "nothing had changed"
+            self.notify(f"rolled back after {type(e).__name__}: {what}")
+            raise
+        self.commit(message, kind="block", duration=time.perf_counter() - started)
+
+    def rollback(self, candidates: Iterable[str] | None = None) -> list[str]:
+        """Put the namespace back to HEAD; return the names that were restored or removed."""
+        if self._head is None or self._tree is None:
+            raise RestoreError("nothing to roll back to: this history has no commit yet")
+        cand = None if candidates is None else set(candidates)
+        current = self._tracked()
+        tree = self._tree
+        changed = set(tree.names - current.keys())
+        for n, v in current.items():
+            known = self._known.get(n)
+            if known is None or known.obj_id != id(v):
+                changed.add(n)
+            elif known.digest is not None and (cand is None or n in cand):
+                if digest_of(v, self.namespace) != known.digest:
+                    changed.add(n)
+        self._apply(tree, changed, current)
+        self._restore_rng(tree)
+        return sorted(changed)
+
+    # --- checkout / restore --------------------------------------------------------------
+    def checkout(self, ref: str) -> Commit:
+        """Make the namespace exactly as at ref (commit id, prefix or branch); the current state
+        is committed first, so nothing is lost. Loads only what differs."""
+        target = self.repo.resolve(self.name, ref)
+        self.commit(message=f"before checkout of {ref}", kind="auto")
+        branch = ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None
+        self._move_to(target, branch)
+        return target
+
+    def restore(self, ref: str | None = None) -> Commit:
+        """Bring back a committed state (HEAD by default) into this namespace, e.g. in a new
+        process after a crash. Unlike checkout, the current namespace is not committed first."""
+        target = self.repo.resolve(self.name, ref)
+        branch = self._branch if ref is None else (
+            ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None)
+        self._known.clear()
+        self._move_to(target, branch)
+        return target
+
+    def _move_to(self, target: Commit, branch: str | None) -> None:
+        tree = self.repo.tree(target)
+        current = self._tracked()
+        changed = set(current.keys() ^ tree.names)
+        for n in current.keys() & tree.names:
+            known = self._known.get(n)
+            same = (self._tree is not None and known is not None and known.obj_id == id(current[n])
+                    and self._tree.components.get(n) == tree.components.get(n)
+                    and (n in self._tree.unstored) == (n in tree.unstored))
+            if not same:
+                changed.add(n)
+        self._apply(tree, changed, current)
+        self._restore_rng(tree)
+        self.repo.set_head(self.name, branch, target.id)
+        self._branch, self._head, self._tree = branch, target, tree
+
+    def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> None:
+        """Rebind names to their values in tree (whole components), delete names tree lacks."""
+        keys = {tree.components[n] for n in names if n in tree.components}
+        loaded: dict[str, Any] = {}
+        for key in keys:
+            loaded.update(self._load_component(key, self.namespace))
+        lost = []
+        for n in names | loaded.keys():
+            if n in loaded:
+                self.namespace[n] = loaded[n]
+            elif n in tree.unstored:
+                if n not in current:
+                    lost.append(n)
+                continue
+            else:
+                self.namespace.pop(n, None)
+            self._known.pop(n, None)
+        kept = sorted(n for n in names if n in tree.unstored and n in current)
+        if kept:
+            self.notify("kept as they are (never stored, cannot be rolled back): "
+                        + ", ".join(kept))
+        if lost:
+            self.notify("not restored (were never stored): " + ", ".join(
+                f"{n} ({tree.unstored[n].type_name})" for n in sorted(lost)))
+
+    def _load_component(self, key: str, namespace: dict[str, Any]) -> dict[str, Any]:
+        return load_component(self.repo, key, namespace)
+
+    def _restore_rng(self, tree: Tree) -> None:
+        if tree.rng:
+            rng.restore(self._load_component(tree.rng, {})[RNG_NAME])
+
+    # --- history -------------------------------------------------------------------------
+    def log(self) -> list[Commit]:
+        return self.repo.log(self.name)
+
+    def diff(self, a: str, b: str | None = None) -> Diff:
+        """Names added, removed, changed from a to b (b defaults to HEAD)."""
+        return self.repo.diff(self.repo.resolve(self.name, a), self.repo.resolve(self.name, b))
+
+    def branches(self) -> dict[str, str]:
+        return self.repo.meta.branches(self.name)
+
+    def create_branch(self, name: str, ref: str | None = None) -> None:
+        """A new branch at ref (HEAD by default); HEAD moves onto it."""
+        target = self.repo.resolve(self.name, ref)
+        self.repo.create_branch(self.name, name, target.id)
+        if ref is None or target.id == (self._head.id if self._head else None):
+            self.repo.set_head(self.name, name, target.id)
+            self._branch = name
+
+
+def load_component(repo: Repository, key: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Decode one stored component into {name: value}; functions get namespace as globals."""
+    manifest = repo.manifest(key)
+    stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
+    buffers: list[Any] = []
+    for ref in manifest.buffers:
+        buf = bytearray(ref.nbytes)
+        pos = 0
+        for k in ref.chunks:
+            data = repo.chunks.get(k)
+            buf[pos:pos + len(data)] = data
+            pos += len(data)
+        buffers.append(bytes(buf) if ref.readonly else buf)
+    try:
+        value = decode(stream, buffers, namespace)
+    except RestoreError as e:
+        raise RestoreError(f"cannot restore {', '.join(manifest.names)}: {e}") from None
+    if manifest.notes:
+        warnings.warn(f"{', '.join(manifest.names)}: {'; '.join(manifest.notes)}", TxpyWarning,
+                      stacklevel=3)
+    if len(manifest.names) == 1:
+        return {manifest.names[0]: value}
+    return dict(zip(manifest.names, value, strict=True))

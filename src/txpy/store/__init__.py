@@ -1,0 +1,1 @@
+"""Plumbing: where bytes live (backend), content-addressed chunks, and the metadata database."""

@@ -1,0 +1,127 @@
+"""Where bytes live. Callers never branch on the backend: every backend has these verbs."""
+
+from __future__ import annotations
+
+import abc
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+class Backend(abc.ABC):
+    """A flat key → bytes store with atomic, write-once puts."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """The bytes under key; FileNotFoundError if absent."""
+
+    @abc.abstractmethod
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
+        """Write every (key, data) durably and atomically; return the bytes written."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether key is present."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove key if present."""
+
+    @abc.abstractmethod
+    def keys(self) -> Iterator[str]:
+        """Every key present."""
+
+
+class LocalBackend(Backend):
+    """A directory, fanned out by the first two characters of each key (like git's objects/).
+
+    A put writes a temp file, fsyncs it, renames it into place, then fsyncs the directories, so
+    a crash leaves either the whole file or none of it. Files are fsynced in batches after
+    their writes were issued, which lets the kernel coalesce the flushes.
+    """
+
+    TMP_PREFIX = ".tmp-"
+    FSYNC_BATCH = 64
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / key[2:]
+
+    def get(self, key: str) -> bytes:
+        with open(self.path(key), "rb") as f:
+            return f.read()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
+        pending: list[tuple[int, str, Path]] = []
+        written = 0
+        try:
+            for key, data in items:
+                final = self.path(key)
+                if final.exists():
+                    continue
+                final.parent.mkdir(exist_ok=True)
+                tmp = final.parent / f"{self.TMP_PREFIX}{uuid.uuid4().hex}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                pending.append((fd, str(tmp), final))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                written += len(data)
+                if len(pending) >= self.FSYNC_BATCH:
+                    self._publish(pending)
+            self._publish(pending)
+        finally:
+            for fd, tmp, _ in pending:
+                os.close(fd)
+                os.unlink(tmp)
+        return written
+
+    def _publish(self, pending: list[tuple[int, str, Path]]) -> None:
+        """fsync the batch, rename each file into place, fsync their directories; empties it."""
+        for fd, _, _ in pending:
+            os.fsync(fd)
+        dirs = {self.root}
+        while pending:
+            fd, tmp, final = pending.pop()
+            os.close(fd)
+            os.replace(tmp, final)
+            dirs.add(final.parent)
+        for d in dirs:
+            _fsync_dir(d)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def keys(self) -> Iterator[str]:
+        for sub in sorted(self.root.iterdir()):
+            if sub.is_dir() and len(sub.name) == 2:
+                for f in sub.iterdir():
+                    if not f.name.startswith(self.TMP_PREFIX):
+                        yield sub.name + f.name
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def remove_temp_files(self) -> int:
+        """Delete temp files left by writers that crashed mid-put; only safe under the store's
+        exclusive lock. Returns how many were removed."""
+        removed = 0
+        for tmp in self.root.glob(f"*/{self.TMP_PREFIX}*"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

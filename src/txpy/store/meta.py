@@ -1,0 +1,133 @@
+"""SQLite metadata: commit records, branches and each history's HEAD.
+
+WAL + synchronous=FULL: a commit record and the ref move that publishes it are one SQLite
+transaction, written only after every chunk it names is durable.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import CorruptStoreError, StoreVersionError
+
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commits (
+    id TEXT PRIMARY KEY, history TEXT NOT NULL, time REAL NOT NULL,
+    body BLOB NOT NULL, sig TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS commits_by_history ON commits (history, time);
+CREATE TABLE IF NOT EXISTS refs (
+    history TEXT NOT NULL, branch TEXT NOT NULL, commit_id TEXT NOT NULL,
+    PRIMARY KEY (history, branch));
+CREATE TABLE IF NOT EXISTS heads (
+    history TEXT PRIMARY KEY, branch TEXT, commit_id TEXT);
+"""
+
+
+class MetaDB:
+    """Thin, typed access to the metadata tables; no policy lives here."""
+
+    def __init__(self, path: Path, create: bool):
+        self.path = path
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            if create:
+                self.conn.executescript(SCHEMA)
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO info VALUES ('format', ?)", (str(FORMAT_VERSION),)
+                )
+            self._check_format()
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise CorruptStoreError(f"{path} is not a readable txpy database ({e})") from None
+
+    def _check_format(self) -> None:
+        row = self.conn.execute("SELECT value FROM info WHERE key='format'").fetchone()
+        if row is None:
+            raise CorruptStoreError(f"{self.path} has no format record")
+        if int(row[0]) > FORMAT_VERSION:
+            raise StoreVersionError(
+                f"this store has format {row[0]}, written by a newer txpy; this txpy reads format "
+                f"{FORMAT_VERSION}. Upgrade txpy (pip install -U txpy)."
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: readers go on, other writers wait (busy timeout)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # commits
+    def insert_commit(self, conn: sqlite3.Connection, cid: str, history: str, time: float,
+                      body: bytes, sig: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?)",
+                     (cid, history, time, body, sig))
+
+    def commit_row(self, cid: str) -> tuple[bytes, str] | None:
+        return self.conn.execute("SELECT body, sig FROM commits WHERE id=?", (cid,)).fetchone()
+
+    def commit_ids_with_prefix(self, prefix: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM commits WHERE id >= ? AND id < ? LIMIT 2", (prefix, prefix + "g")
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def all_commit_rows(self, history: str | None = None) -> list[tuple[str, bytes, str]]:
+        if history is None:
+            q = self.conn.execute("SELECT id, body, sig FROM commits ORDER BY time")
+        else:
+            q = self.conn.execute(
+                "SELECT id, body, sig FROM commits WHERE history=? ORDER BY time", (history,))
+        return q.fetchall()
+
+    def histories(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT history FROM heads ORDER BY history")]
+
+    # refs
+    def branches(self, history: str) -> dict[str, str]:
+        rows = self.conn.execute(
+            "SELECT branch, commit_id FROM refs WHERE history=? ORDER BY branch", (history,))
+        return dict(rows.fetchall())
+
+    def branch_commit(self, history: str, branch: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT commit_id FROM refs WHERE history=? AND branch=?", (history, branch)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_branch(self, conn: sqlite3.Connection, history: str, branch: str, cid: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?)", (history, branch, cid))
+
+    def delete_branch(self, conn: sqlite3.Connection, history: str, branch: str) -> None:
+        conn.execute("DELETE FROM refs WHERE history=? AND branch=?", (history, branch))
+
+    def head(self, history: str) -> tuple[str | None, str | None]:
+        """(branch, commit id): branch is None when HEAD is detached at commit id."""
+        row = self.conn.execute(
+            "SELECT branch, commit_id FROM heads WHERE history=?", (history,)).fetchone()
+        if row is None:
+            return None, None
+        branch, cid = row
+        if branch is not None:
+            cid = self.branch_commit(history, branch)
+        return branch, cid
+
+    def set_head(self, conn: sqlite3.Connection, history: str, branch: str | None,
+                 cid: str | None) -> None:
+        conn.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?)",
+                     (history, branch, None if branch else cid))

@@ -1,0 +1,232 @@
+"""The core user story of issue 2: commit, transaction/rollback, checkout, log, diff, load."""
+
+import random
+
+import numpy as np
+import pytest
+
+import txpy
+from conftest import run, store_bytes
+from txpy.errors import TxpyError
+
+
+def test_user_story_from_the_issue(store):
+    ns: dict = {}
+    s = txpy.Session(store=store, name="demo", namespace=ns, notify=lambda m: None)
+    ns["x"] = np.zeros((5_000_000,))
+    c1 = s.commit()
+    ns["x"][17] = 1.0
+    ns["y"] = {"a": [1, 2]}
+    c2 = s.commit()
+    with pytest.raises(ValueError), s.transaction():
+        ns["y"]["a"].append(3)
+        raise ValueError
+    assert ns["y"] == {"a": [1, 2]}
+    s.checkout(c1)
+    assert "y" not in ns and ns["x"][17] == 0
+    assert [c.id for c in s.log()][-2:] == [c2, c1]
+    d = s.diff(c1, c2)
+    assert d.added == ("y",) and d.changed == ("x",) and d.removed == ()
+    state = txpy.load(store, "demo", c2)
+    assert state["x"][17] == 1.0 and state["y"] == {"a": [1, 2]}
+    assert txpy.load(store, "demo", "main")["y"] == {"a": [1, 2]}
+
+
+def test_commit_without_changes_returns_head(session):
+    session.namespace["a"] = [1]
+    c1 = session.commit()
+    assert session.commit() == c1
+    assert len(session.log()) == 1
+
+
+def test_rollback_restores_rebound_deleted_and_created_names(session):
+    ns = session.namespace
+    run(ns, "a = [1, 2]; b = {'k': 1}; c = 'keep'")
+    session.commit()
+    with pytest.raises(ZeroDivisionError), session.transaction():
+        run(ns, "a.append(3); del b; c = 'changed'; d = 'new'; 1/0")
+    assert ns["a"] == [1, 2] and ns["b"] == {"k": 1} and ns["c"] == "keep" and "d" not in ns
+
+
+def test_keyboard_interrupt_rolls_back(session):
+    ns = session.namespace
+    ns["arr"] = np.arange(10)
+    session.commit()
+    with pytest.raises(KeyboardInterrupt), session.transaction():
+        ns["arr"][:] = -1
+        raise KeyboardInterrupt
+    assert ns["arr"].tolist() == list(range(10))
+
+
+def test_checkout_old_commit_then_commit_starts_a_branch_and_loses_nothing(session):
+    ns = session.namespace
+    ns["v"] = 1
+    c1 = session.commit()
+    ns["v"] = 2
+    c2 = session.commit()
+    session.checkout(c1)
+    assert ns["v"] == 1 and session.branch is None
+    ns["v"] = 3
+    c3 = session.commit()
+    branches = session.branches()
+    assert branches["main"] == c2 and c3 in branches.values() and session.branch != "main"
+    session.checkout("main")
+    assert ns["v"] == 2
+    assert {c.id for c in session.log()} >= {c1, c2, c3}
+
+
+def test_checkout_loads_only_what_differs(session):
+    ns = session.namespace
+    ns["big"] = np.ones(1000)
+    ns["small"] = 1
+    c1 = session.commit()
+    big = ns["big"]
+    ns["small"] = 2
+    session.commit()
+    session.checkout(c1)
+    assert ns["big"] is big and ns["small"] == 1
+
+
+def test_one_element_change_of_a_large_array_grows_store_by_about_one_chunk(session, store):
+    ns = session.namespace
+    ns["x"] = np.random.default_rng(0).random(10_000_000)  # 80 MB, incompressible
+    session.commit()
+    before = store_bytes(store)
+    ns["x"][1234567] = 42.0
+    session.commit()
+    grown = store_bytes(store) - before
+    assert grown < 2 * 1024 * 1024, grown
+    assert txpy.load(store, "t")["x"][1234567] == 42.0
+
+
+def test_identical_data_is_stored_once_across_names_and_histories(store):
+    data = np.random.default_rng(1).random(2_000_000)  # 16 MB
+    s1 = txpy.Session(store=store, name="one", namespace={"a": data}, notify=lambda m: None)
+    s1.commit()
+    after_first = store_bytes(store)
+    s2 = txpy.Session(store=store, name="two", namespace={"b": data.copy(), "c": data.copy()},
+                      notify=lambda m: None)
+    s2.commit()
+    assert store_bytes(store) - after_first < 100_000
+    assert np.array_equal(txpy.load(store, "two")["c"], data)
+
+
+def test_co_variables_keep_shared_references(session, store):
+    ns = session.namespace
+    run(ns, """
+        a = b = []
+        d = {'inner': a}
+        solo = [1]
+    """)
+    c = session.commit()
+    state = txpy.load(store, "t", c)
+    assert state["a"] is state["b"] is state["d"]["inner"]
+    state["a"].append(1)
+    assert state["d"]["inner"] == [1]
+
+
+def test_global_random_generators_continue_the_same_stream(session):
+    ns = session.namespace
+    random.seed(3)
+    np.random.seed(3)
+    ns["x"] = 1
+    session.commit()
+    saved = random.getstate(), np.random.get_state()
+    expected = (random.random(), np.random.rand())
+    random.setstate(saved[0])
+    np.random.set_state(saved[1])
+    with pytest.raises(RuntimeError), session.transaction():
+        random.random()
+        np.random.rand()
+        raise RuntimeError
+    assert (random.random(), np.random.rand()) == expected
+
+
+def test_checkout_restores_random_state(session):
+    ns = session.namespace
+    random.seed(7)
+    ns["x"] = 1
+    c1 = session.commit()
+    first = random.random()
+    ns["x"] = 2
+    session.commit()
+    session.checkout(c1)
+    assert random.random() == first
+
+
+def test_functions_and_classes_defined_in_the_session_round_trip(session, store):
+    ns = session.namespace
+    run(ns, """
+        scale = 10
+        class Counter:
+            def __init__(self):
+                self.n = 0
+            def bump(self):
+                self.n += scale
+                return self.n
+        def make():
+            return Counter()
+        counter = make()
+        counter.bump()
+        square = lambda v: v * v
+    """)
+    c = session.commit()
+    state = txpy.load(store, "t", c)
+    assert state["counter"].n == 10
+    assert isinstance(state["make"](), state["Counter"])
+    assert isinstance(state["counter"], state["Counter"])
+    state["scale"] = 1  # restored functions read the restored namespace, not a copy
+    assert state["counter"].bump() == 11
+    assert state["square"](4) == 16
+
+
+def test_unserializable_values_never_fail_a_commit(session, store):
+    ns = session.namespace
+    run(ns, """
+        import threading
+        gen = (i for i in range(3))
+        lock = threading.Lock()
+        ok = [1, 2]
+    """)
+    with pytest.warns(txpy.TxpyWarning, match="gen"):
+        c = session.commit()
+    assert set(session.unstored) == {"gen", "lock"}
+    with pytest.warns(txpy.TxpyWarning, match="gen .generator.*lock"):
+        state = txpy.load(store, "t", c)
+    assert state["ok"] == [1, 2] and "gen" not in state
+
+
+def test_deep_object_graphs_are_stored(session, store):
+    ns = session.namespace
+    node = None
+    for i in range(100_000):
+        node = [i, node]
+    ns["linked"] = node
+    c = session.commit()
+    restored = txpy.load(store, "t", c)["linked"]
+    depth = 0
+    while restored is not None:
+        restored = restored[1]
+        depth += 1
+    assert depth == 100_000
+
+
+def test_clear_errors_for_bad_input(session, store, tmp_path):
+    session.namespace["a"] = 1
+    session.commit()
+    with pytest.raises(TxpyError, match="unknown commit or branch"):
+        session.checkout("nope")
+    with pytest.raises(TxpyError, match="unknown commit"):
+        txpy.load(store, "t", "abcdef12")
+    with pytest.raises(TxpyError, match="not a txpy store"):
+        txpy.load(tmp_path / "elsewhere")
+    with pytest.raises(TxpyError, match="no commits"):
+        txpy.load(store, "missing-history")
+
+
+def test_store_from_a_newer_version_is_refused(session, store):
+    session.namespace["a"] = 1
+    session.commit()
+    session.repo.meta.conn.execute("UPDATE info SET value='99' WHERE key='format'")
+    with pytest.raises(TxpyError, match="newer txpy"):
+        txpy.load(store, "t")
