@@ -87,6 +87,8 @@ class Encoded:
     buffers: list[memoryview]
     shared: dict[int, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: memory blocks shared by tensors (negated data pointers, so they never equal an id)
+    storages: set[int] = field(default_factory=set)
 
 
 class _StatePickler(cloudpickle.Pickler):
@@ -97,6 +99,7 @@ class _StatePickler(cloudpickle.Pickler):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self._namespace = namespace
         self._storages: dict[tuple[int, int], _StorageHolder] = {}
+        self.storage_keys: set[int] = set()
         self.notes: list[str] = []
 
     def reducer_override(self, obj: Any) -> Any:
@@ -127,6 +130,7 @@ class _StatePickler(cloudpickle.Pickler):
         holder = self._storages.get(key)
         if holder is None:
             holder = self._storages[key] = _StorageHolder(torch, storage)
+            self.storage_keys.add(-key[0])
         grad = None
         if t.is_leaf:
             grad = t.grad
@@ -207,7 +211,7 @@ def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: boo
         shared = {i: o for i, (_, o) in pickler.memo.copy().items()
                   if i not in library and not isinstance(o, _NOT_SHARED)
                   and not (isinstance(o, types.FunctionType) and o.__globals__ is not namespace)}
-    return Encoded(out.getvalue(), buffers, shared, pickler.notes)
+    return Encoded(out.getvalue(), buffers, shared, pickler.notes, pickler.storage_keys)
 
 
 def _reason(e: Exception) -> str:

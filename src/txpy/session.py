@@ -112,7 +112,7 @@ class Session:
         current = self._tracked()
         examine = self._to_examine(current, cand)
         prints, unstored = self._encode_names(current, examine)
-        reached = {n: set(fp.encoded.shared) for n, fp in prints.items()}
+        reached = {n: set(fp.encoded.shared) | fp.encoded.storages for n, fp in prints.items()}
         for n in current.keys() - examine:
             known = self._known[n]
             if known.digest is None:
@@ -234,7 +234,7 @@ class Session:
                 self._known[n] = _Known(id(current[n]), None, frozenset())
                 continue
             shared = frozenset(i for i, o in fp.encoded.shared.items()
-                               if sys.getrefcount(o) > _TEMPORARY_REFS)
+                               if sys.getrefcount(o) > _TEMPORARY_REFS) | fp.encoded.storages
             fp.encoded.shared.clear()
             self._known[n] = _Known(id(current[n]), fp.digest, shared)
 
