@@ -1,0 +1,94 @@
+"""Core throughput: commit/checkout of changed buffers, hashing vs memcpy, store growth.
+
+Run with `make bench` (or `python benchmarks/bench_core.py [--mb 400]`). Nothing else should
+run on the machine meanwhile: the numbers are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+import txpy
+from txpy import delta
+
+
+def best(fn, repeat=3):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def store_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run(mb: int, chunk_size: int) -> dict[str, float]:
+    delta.CHUNK_SIZE = chunk_size
+    gb = mb / 1024
+    root = Path(tempfile.mkdtemp(prefix="txpy-bench-", dir=Path.home()))
+    try:
+        ns: dict = {}
+        s = txpy.Session(root / ".txpy", "bench", ns, notify=lambda m: None)
+        ns["x"] = np.random.default_rng(0).random(mb * 131072)  # mb MiB of float64
+        r: dict[str, float] = {}
+        t = time.perf_counter()
+        s.commit()
+        r["first commit GB/s"] = gb / (time.perf_counter() - t)
+        t = time.perf_counter()
+        s.commit()
+        r["unchanged commit s"] = time.perf_counter() - t
+        before = store_size(root)
+        ns["x"][len(ns["x"]) // 2] = -1.0
+        t = time.perf_counter()
+        c = s.commit()
+        r["1-element commit s"] = time.perf_counter() - t
+        r["1-element growth MB"] = (store_size(root) - before) / 2**20
+        ns["x"] += 1.0
+        t = time.perf_counter()
+        s.commit()
+        r["all-changed commit GB/s"] = gb / (time.perf_counter() - t)
+        t = time.perf_counter()
+        s.checkout(c)
+        r["checkout GB/s"] = gb / (time.perf_counter() - t)
+        s.close()
+        return r
+    finally:
+        shutil.rmtree(root)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=400)
+    args = parser.parse_args()
+    a = np.random.default_rng(1).random(args.mb * 131072)
+    gb = args.mb / 1024
+    view = memoryview(a).cast("B")
+    print(f"baselines on a {args.mb} MiB float64 array")
+    print(f"  np.copy into fresh memory   {gb / best(lambda: np.copy(a), 1):7.2f} GB/s")
+    out = np.empty_like(a)
+    np.copyto(out, a)
+    print(f"  np.copyto, warm memory      {gb / best(lambda: np.copyto(out, a)):7.2f} GB/s")
+    print(f"  xxh3-128 in place           {gb / best(lambda: xxhash.xxh3_128(view).digest()):7.2f}"
+          " GB/s")
+    print(f"  txpy fingerprint (chunked)  "
+          f"{gb / best(lambda: delta._split(view)):7.2f} GB/s")
+    del a, out, view
+    for chunk in (256 << 10, 1 << 20, 4 << 20):
+        r = run(args.mb, chunk)
+        print(f"chunk size {chunk >> 10} KiB:")
+        for k, v in r.items():
+            print(f"  {k:26} {v:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
