@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import enum
 import io
 import pickle
 import sys
@@ -23,39 +22,13 @@ from typing import Any
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
+from . import graph
 from .errors import RestoreError
 
 _loading = threading.local()
-#: Types whose instances are immutable or global, so sharing one between two names does not
-#: make those names co-variables. Anything not listed counts as shareable (examine too much
-#: rather than split a real co-variable), except library globals (see _library_globals).
-_NOT_SHARED: tuple[type, ...] = (
-    str, bytes, tuple, frozenset, int, float, complex, bool, type(None), range, slice, type,
-    types.ModuleType, types.BuiltinFunctionType, types.CodeType, pickle.PickleBuffer,
-    types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType,
-    enum.Enum,
-)
-_globals_cache: tuple[int, dict[int, Any]] = (-1, {})
-
-
-def _library_globals() -> dict[int, Any]:
-    """Objects bound at module level in imported modules (dtypes, singletons, library
-    functions), by id: every pickle reaches them, so they must not join unrelated names.
-    Holding them keeps their ids from being reused by user objects. Recomputed only when the
-    set of imported modules changes."""
-    global _globals_cache
-    count = len(sys.modules)
-    if _globals_cache[0] != count:
-        objects: dict[int, Any] = {}
-        for name, module in list(sys.modules.items()):
-            if name == "__main__" or module is None:
-                continue
-            try:
-                objects.update((id(v), v) for v in vars(module).values())
-            except TypeError:
-                continue
-        _globals_cache = (count, objects)
-    return _globals_cache[1]
+#: Pickles up to this size report shared objects from the pickler's memo (exact); bigger ones
+#: from a walk of the object graph (copying a memo of millions of objects costs seconds).
+MEMO_LIMIT = 1 << 20
 
 
 class UnpicklableError(Exception):
@@ -205,13 +178,12 @@ def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: boo
         if isinstance(e.__cause__, RecursionError):  # cloudpickle wraps it
             raise e.__cause__ from None
         raise UnpicklableError(_reason(e)) from None
+    stream = out.getvalue()
     shared = {}
     if collect_shared:
-        library = _library_globals()
-        shared = {i: o for i, (_, o) in pickler.memo.copy().items()
-                  if i not in library and not isinstance(o, _NOT_SHARED)
-                  and not (isinstance(o, types.FunctionType) and o.__globals__ is not namespace)}
-    return Encoded(out.getvalue(), buffers, shared, pickler.notes, pickler.storage_keys)
+        shared = (graph.shared_in_memo(pickler.memo.copy(), namespace) if len(stream) <= MEMO_LIMIT
+                  else graph.reachable_shared(value, namespace))
+    return Encoded(stream, buffers, shared, pickler.notes, pickler.storage_keys)
 
 
 def _reason(e: Exception) -> str:

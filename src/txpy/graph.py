@@ -6,7 +6,100 @@ optimizer's param groups are still the same objects and ``a = b = []`` stays one
 
 from __future__ import annotations
 
+import gc
+import pickle
+import sys
+import types
+import warnings
 from collections.abc import Iterable, Mapping
+from itertools import compress
+from typing import Any
+
+#: Types whose instances are immutable or global, so sharing one between two names does not
+#: make those names co-variables. Anything not listed counts as shareable (examine too much
+#: rather than split a real co-variable), except library globals (see library_globals).
+_NOT_SHARED: tuple[type, ...] = (
+    str, bytes, tuple, frozenset, int, float, complex, bool, type(None), range, slice, type,
+    types.ModuleType, types.BuiltinFunctionType, types.CodeType, pickle.PickleBuffer,
+    types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType,
+    types.GetSetDescriptorType, types.MemberDescriptorType, type(Ellipsis), type(NotImplemented),
+)
+#: Library value types that are immutable descriptors (dtypes, devices), by module.
+_LIBRARY_VALUE_TYPES = {"numpy": ("dtype",), "torch": ("dtype", "device", "layout",
+                                                       "memory_format")}
+_globals_cache: tuple[int, dict[int, Any], tuple[type, ...]] = (-1, {}, _NOT_SHARED)
+
+
+def library_globals() -> tuple[dict[int, Any], tuple[type, ...]]:
+    """(objects, types) never shared between names.
+
+    objects: bound at module level in imported modules or as attributes of their classes
+    (singletons, library functions, class-level defaults like pandas' ``_metadata``), and the
+    modules' dicts, by id: every pickle reaches them, so they must not join unrelated names.
+    Holding them keeps their ids from being reused by user objects. types: _NOT_SHARED plus
+    library descriptor types (numpy/torch dtypes). Recomputed when imported modules change.
+    """
+    global _globals_cache
+    count = len(sys.modules)
+    if _globals_cache[0] != count:
+        objects: dict[int, Any] = {}
+        for name, module in list(sys.modules.items()):
+            if name == "__main__" or module is None:
+                continue
+            try:
+                attrs = vars(module)
+            except TypeError:
+                continue
+            objects[id(attrs)] = attrs
+            with warnings.catch_warnings():  # some libraries warn on deprecated attributes
+                warnings.simplefilter("ignore")
+                for value in list(attrs.values()):
+                    objects[id(value)] = value
+                    if isinstance(value, type) and getattr(value, "__module__", None) == name:
+                        objects.update((id(v), v) for v in list(vars(value).values()))
+        extra = tuple(getattr(sys.modules[m], t) for m, names in _LIBRARY_VALUE_TYPES.items()
+                      if m in sys.modules for t in names if hasattr(sys.modules[m], t))
+        _globals_cache = (count, objects, _NOT_SHARED + extra)
+    return _globals_cache[1], _globals_cache[2]
+
+
+def _foreign_function(obj: Any, namespace: Mapping[str, Any] | None) -> bool:
+    return isinstance(obj, types.FunctionType) and obj.__globals__ is not namespace
+
+
+def shared_in_memo(memo: dict[int, tuple[int, Any]], namespace: Mapping[str, Any] | None
+                   ) -> dict[int, Any]:
+    """The shareable objects a pickler memoized (exact pickle semantics; for small pickles)."""
+    library, not_shared = library_globals()
+    return {i: o for i, (_, o) in memo.items()
+            if i not in library and not isinstance(o, not_shared)
+            and not _foreign_function(o, namespace)}
+
+
+def reachable_shared(value: Any, namespace: Mapping[str, Any] | None) -> dict[int, Any]:
+    """The shareable objects reachable from value, by a breadth-first walk of the garbage
+    collector's references done level by level in C (for big object graphs, where copying a
+    pickler's memo would cost seconds). Elements of numpy object arrays are walked too."""
+    library, not_shared = library_globals()
+    np = sys.modules.get("numpy")
+    found: dict[int, Any] = {}
+    frontier = [value] if not isinstance(value, not_shared) else []
+    found.update((id(o), o) for o in frontier)
+    while frontier:
+        refs = gc.get_referents(*frontier)
+        if np is not None:
+            for o in frontier:
+                if isinstance(o, np.ndarray) and o.dtype.hasobject:
+                    refs.extend(o.ravel(order="K").tolist())
+        kinds = list(map(type, refs))
+        shareable = {t for t in set(kinds) if not issubclass(t, not_shared)}
+        candidates = list(compress(refs, map(shareable.__contains__, kinds)))
+        by_id = dict(zip(map(id, candidates), candidates, strict=True))
+        by_id.pop(id(namespace), None)
+        new = by_id.keys() - found.keys() - library.keys()
+        frontier = [by_id[i] for i in new if not _foreign_function(by_id[i], namespace)]
+        found.update((id(o), o) for o in frontier)
+    return found
 
 
 def components(reached: Mapping[str, Iterable[int]]) -> list[tuple[str, ...]]:

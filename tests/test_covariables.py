@@ -1,0 +1,49 @@
+"""Co-variable grouping: shared objects join names, independent values stay apart."""
+
+import numpy as np
+import pandas as pd
+
+import txpy
+from txpy import encode
+
+
+def _components(session):
+    tree = session.repo.tree(session.head)
+    groups: dict[str, set[str]] = {}
+    for name, key in tree.components.items():
+        groups.setdefault(key, set()).add(name)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def test_independent_values_are_separate_components(session):
+    ns = session.namespace
+    ns.update(df1=pd.DataFrame({"a": [1.0, 2.0]}), df2=pd.DataFrame({"a": [1.0, 2.0]}),
+              l1=[1, 2], l2=[1, 2], arr=np.arange(3), f=np.float64(1.5))
+    session.commit()
+    session.commit()  # the grouping is stable from one commit to the next
+    assert _components(session) == [["arr"], ["df1"], ["df2"], ["f"], ["l1"], ["l2"]]
+
+
+def test_sharing_inside_big_values_is_found(session, store):
+    ns = session.namespace
+    shared = [0]
+    big = [list(range(50)) for _ in range(20_000)] + [shared]  # pickles to > MEMO_LIMIT
+    obj_array = np.empty(2, dtype=object)
+    obj_array[0], obj_array[1] = shared, "text"
+    ns.update(big=big, alias=shared, in_array=obj_array, apart=[0])
+    assert len(encode.encode(big, ns, collect_shared=False).stream) > encode.MEMO_LIMIT
+    c = session.commit()
+    assert ["alias", "big", "in_array"] in _components(session)
+    state = txpy.load(store, "t", c)
+    assert state["big"][-1] is state["alias"] is state["in_array"][0]
+
+
+def test_a_cell_that_creates_sharing_merges_components(session, store):
+    ns = session.namespace
+    ns.update(a=[1], b={"k": None})
+    session.commit()
+    ns["b"]["k"] = ns["a"]
+    c = session.commit(candidates={"b"})
+    assert ["a", "b"] in _components(session)
+    state = txpy.load(store, "t", c)
+    assert state["b"]["k"] is state["a"]
