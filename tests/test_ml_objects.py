@@ -88,3 +88,19 @@ def test_dataframe_rollback(session):
     with pytest.raises(ZeroDivisionError), session.transaction():
         run(ns, "df['b'] = df['a'] * 2; df.drop(columns=['a'], inplace=True); 1/0")
     pd.testing.assert_frame_equal(ns["df"], pd.DataFrame({"a": [1, 2, 3]}))
+
+
+def test_string_columns_use_the_fast_path_and_still_see_every_change(session, store):
+    ns = session.namespace
+    n = 50_000
+    ns["df"] = pd.DataFrame({"s": [f"name_{i}" for i in range(n)],
+                             "mixed": [f"x{i}" if i % 7 else None for i in range(n)],
+                             "weird": ["a\x00b" if i == 3 else "ü€😀" for i in range(n)]})
+    c1 = session.commit()
+    session.namespace["df"].loc[123, "s"] = "edited"
+    c2 = session.commit()
+    assert session.diff(c1, c2).changed == ("df",)
+    restored = txpy.load(store, "t", c2)["df"]
+    pd.testing.assert_frame_equal(restored, ns["df"])
+    assert restored.loc[123, "s"] == "edited"
+    pd.testing.assert_frame_equal(txpy.load(store, "t", c1)["df"].loc[:122], ns["df"].loc[:122])

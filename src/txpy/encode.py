@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import pickle
 import sys
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+import xxhash
 from cloudpickle import cloudpickle as _cp
 
 from . import graph
@@ -83,6 +85,11 @@ class _StatePickler(cloudpickle.Pickler):
             reduced = self._tensor_reduce(torch, obj)
             if reduced is not NotImplemented:
                 return reduced
+        np = sys.modules.get("numpy")
+        if np is not None and type(obj) is np.ndarray and obj.dtype == object:
+            data = _string_array_data(obj)
+            if data is not None:
+                return _rebuild_string_array, (pickle.PickleBuffer(data), obj.shape)
         return super().reducer_override(obj)
 
     def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
@@ -153,6 +160,52 @@ def _rebuild_tensor(storage: Any, dtype: Any, offset: int, size: tuple[int, ...]
     if state:
         t.__dict__.update(state)
     return t
+
+
+#: numpy object arrays of this many elements or more that hold only str (pandas string
+#: columns without pyarrow) are encoded as one UTF-8 buffer, not element by element.
+STRING_ARRAY_MIN = 10_000
+_STRING_CACHE_BYTES = 512 << 20
+_string_cache: dict[tuple[str, tuple[int, ...]], tuple[Any, bytes]] = {}
+
+
+def _string_array_data(arr: Any) -> bytes | None:
+    """The strings of a C-contiguous object array joined by NUL as UTF-8, or None if it holds
+    anything but str (or a str containing NUL).
+
+    Cached by the array's pointers: the cache holds a shallow copy of the array, so the
+    strings stay alive and no other object can take their addresses; equal pointers then mean
+    the very same immutable strings, and a column that did not change costs one hash (~5 ms
+    for 3M rows) instead of an encode.
+    """
+    if arr.size < STRING_ARRAY_MIN or not arr.flags.c_contiguous:
+        return None
+    pointers = (ctypes.c_ssize_t * arr.size).from_address(arr.ctypes.data)
+    key = (xxhash.xxh3_128_hexdigest(memoryview(pointers).cast("B")), arr.shape)
+    hit = _string_cache.get(key)
+    if hit is not None:
+        return hit[1]
+    items = arr.ravel().tolist()
+    if set(map(type, items)) != {str}:
+        return None
+    joined = "\x00".join(items)
+    if joined.count("\x00") != len(items) - 1:
+        return None
+    data = joined.encode("utf-8", "surrogatepass")
+    while _string_cache and sum(len(d) for _, d in _string_cache.values()) + len(data) > \
+            _STRING_CACHE_BYTES:
+        del _string_cache[next(iter(_string_cache))]
+    _string_cache[key] = (arr.copy(), data)
+    return data
+
+
+def _rebuild_string_array(buffer: Any, shape: tuple[int, ...]) -> Any:
+    import numpy as np
+
+    parts = bytes(buffer).decode("utf-8", "surrogatepass").split("\x00")
+    out = np.empty(len(parts), dtype=object)
+    out[:] = parts
+    return out.reshape(shape)
 
 
 def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: bool) -> Encoded:
