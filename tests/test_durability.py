@@ -11,7 +11,7 @@ import time
 import pytest
 
 import txpy
-from txpy.errors import CorruptStoreError, StoreBusyError
+from txpy.errors import CorruptStoreError, StoreBusyError, UntrustedError
 from txpy.repo import Repository
 
 WRITER = textwrap.dedent("""
@@ -115,11 +115,17 @@ def test_tampered_commit_record_is_refused(store):
     assert not s.repo.fsck().ok
 
 
-def test_store_signed_with_another_key_is_refused(store):
-    s, _ = _commit_sample(store)
-    s.close()
-    (store / "key").write_bytes(os.urandom(32))
-    with pytest.raises(CorruptStoreError, match="signature"):
+def test_forged_signature_is_refused(store):
+    s, cid = _commit_sample(store)
+    s.repo.meta.conn.execute("UPDATE commits SET sig=? WHERE id=?", ("ab" * 64, cid))
+    with pytest.raises(CorruptStoreError, match="bad signature"):
+        txpy.load(store, "f")
+
+
+def test_commit_signed_by_an_untrusted_key_is_refused(store):
+    s, cid = _commit_sample(store)
+    s.repo.meta.conn.execute("UPDATE commits SET signer=? WHERE id=?", (os.urandom(32).hex(), cid))
+    with pytest.raises(UntrustedError, match="does not trust"):
         txpy.load(store, "f")
 
 

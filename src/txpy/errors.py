@@ -21,6 +21,14 @@ class CorruptStoreError(TxpyError):
     """Bytes in the store do not match their hash or signature."""
 
 
+class UntrustedError(TxpyError):
+    """Commits signed by a key this store does not trust (cloned or pulled from elsewhere)."""
+
+
+class RemoteError(TxpyError):
+    """A remote is unknown, unreachable, or refuses an update that would lose commits."""
+
+
 class StoreBusyError(TxpyError):
     """Another process holds the store's lock for an operation that needs it alone."""
 

@@ -4,23 +4,28 @@ Layout of a store (``.txpy/``)::
 
     txpy.db      SQLite: commit records (signed), branches, each history's HEAD
     objects/     content-addressed chunks: data, component manifests, trees
-    key          this store's signing key (HMAC-SHA256 over commit ids), mode 0600
+    key          this store's Ed25519 signing key (signs commit ids), mode 0600
     lock         flock: writers share it, gc takes it alone
 """
 
 from __future__ import annotations
 
 import fcntl
-import hmac
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import CorruptStoreError, NotAStoreError, StoreBusyError, UnknownRefError
+from .errors import (
+    CorruptStoreError,
+    NotAStoreError,
+    StoreBusyError,
+    UnknownRefError,
+    UntrustedError,
+)
 from .model import Commit, ComponentManifest, Diff, Tree
+from .signing import Signer, verify
 from .store.backend import LocalBackend
 from .store.chunks import ChunkStore, chunk_key
 from .store.meta import MetaDB
@@ -61,14 +66,34 @@ class FsckReport:
         return not self.damage
 
 
+def check_commit_record(commit_id: str, body: bytes, sig: str, signer: str,
+                        trusted: dict[str, str]) -> None:
+    """Refuse a commit record that does not hash to its id or is not signed by a trusted key."""
+    if chunk_key(body) != commit_id:
+        raise CorruptStoreError(f"commit {commit_id[:12]}: record does not match its id "
+                                "(tampered with or damaged)")
+    if signer not in trusted:
+        raise UntrustedError(f"commit {commit_id[:12]} is signed by key {signer[:16]}…, which "
+                             "this store does not trust; if you trust its author, run "
+                             "`txpy trust` (or clone/pull with --trust)")
+    if not verify(signer, sig, commit_id):
+        raise CorruptStoreError(f"commit {commit_id[:12]}: bad signature; the record was "
+                                "tampered with")
+
+
 class Repository:
     """Porcelain over the store: everything except the live namespace."""
 
-    def __init__(self, path: Path, meta: MetaDB, key: bytes):
+    def __init__(self, path: Path, meta: MetaDB, signer: Signer):
         self.path = path
         self.meta = meta
         self.chunks = ChunkStore(LocalBackend(path / "objects"))
-        self._key = key
+        self.signer = signer
+        self._trusted = meta.trusted_keys()
+        if signer.key_id not in self._trusted:
+            with meta.write() as conn:
+                meta.trust_key(conn, signer.key_id, "this store")
+            self._trusted = meta.trusted_keys()
         self._lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
 
     # opening
@@ -86,17 +111,12 @@ class Repository:
                 raise NotAStoreError(f"{p} exists and is not an empty directory or a txpy store")
             p.mkdir(parents=True, exist_ok=True)
             (p / "objects").mkdir(exist_ok=True)
-            key_path = p / "key"
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-                f.flush()
-                os.fsync(f.fileno())
+            Signer.create(p / "key")
         try:
-            key = (p / "key").read_bytes()
-        except FileNotFoundError:
-            raise CorruptStoreError(f"{p} has no signing key file; it cannot be trusted") from None
-        return cls(p.resolve(), MetaDB(p / "txpy.db", create=create), key)
+            signer = Signer.load(p / "key")
+        except (FileNotFoundError, ValueError):
+            raise CorruptStoreError(f"{p} has no valid signing key file (key)") from None
+        return cls(p.resolve(), MetaDB(p / "txpy.db", create=create), signer)
 
     def close(self) -> None:
         self.meta.close()
@@ -124,9 +144,14 @@ class Repository:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    # signing
-    def _sign(self, commit_id: str) -> str:
-        return hmac.new(self._key, commit_id.encode(), "sha256").hexdigest()
+    # trust
+    def trusted_keys(self) -> dict[str, str]:
+        return dict(self._trusted)
+
+    def trust(self, key_id: str, label: str) -> None:
+        with self.meta.write() as conn:
+            self.meta.trust_key(conn, key_id, label)
+        self._trusted = self.meta.trusted_keys()
 
     # commits
     def new_commit(self, commit: Commit, branch: str | None) -> tuple[Commit, str]:
@@ -144,7 +169,7 @@ class Repository:
             if used is None or self.meta.branch_commit(history, used) not in (None, parent):
                 used = self._free_branch_name(history, used or DEFAULT_BRANCH)
             self.meta.insert_commit(conn, commit.id, history, commit.time, body,
-                                    self._sign(commit.id))
+                                    self.signer.sign(commit.id), self.signer.key_id)
             self.meta.set_branch(conn, history, used, commit.id)
             self.meta.set_head(conn, history, used, commit.id)
         return commit, used
@@ -163,12 +188,8 @@ class Repository:
         row = self.meta.commit_row(commit_id)
         if row is None:
             raise UnknownRefError(f"unknown commit {commit_id[:12]}")
-        body, sig = row
-        if chunk_key(body) != commit_id:
-            raise CorruptStoreError(f"commit {commit_id[:12]}: record does not match its id")
-        if not hmac.compare_digest(self._sign(commit_id), sig):
-            raise CorruptStoreError(f"commit {commit_id[:12]}: signature is not this store's key;"
-                                    " the store was tampered with or copied from elsewhere")
+        body, sig, signer = row
+        check_commit_record(commit_id, body, sig, signer, self._trusted)
         return Commit.from_body(commit_id, body)
 
     def resolve(self, history: str | None, ref: str | None = None) -> Commit:

@@ -7,6 +7,9 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+import fsspec
 
 
 class Backend(abc.ABC):
@@ -19,6 +22,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
         """Write every (key, data) durably and atomically; return the bytes written."""
+
+    @abc.abstractmethod
+    def replace(self, key: str, data: bytes) -> None:
+        """Write a mutable record (a ref) atomically, replacing what was there."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -83,6 +90,17 @@ class LocalBackend(Backend):
                 os.unlink(tmp)
         return written
 
+    def replace(self, key: str, data: bytes) -> None:
+        final = self.path(key)
+        final.parent.mkdir(exist_ok=True)
+        tmp = final.parent / f"{self.TMP_PREFIX}{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
     def _publish(self, pending: list[tuple[int, str, Path]]) -> None:
         """fsync the batch, rename each file into place, fsync their directories; empties it."""
         for fd, _, _ in pending:
@@ -117,6 +135,59 @@ class LocalBackend(Backend):
             tmp.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+class FsspecBackend(Backend):
+    """Any fsspec URL (s3://, gs://, az://, memory://, …). Object stores make each put atomic
+    (an object is wholly there or not), which is what write-once chunks and refs need."""
+
+    def __init__(self, url: str, **options: Any):
+        self.fs, self.root = fsspec.core.url_to_fs(url, **options)
+        self.root = self.root.rstrip("/")
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key[:2]}/{key[2:]}"
+
+    def get(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
+        written = 0
+        for key, data in items:
+            self.fs.pipe_file(self.path(key), bytes(data))
+            written += len(data)
+        return written
+
+    def replace(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self.path(key), data)
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def delete(self, key: str) -> None:
+        if self.exists(key):
+            self.fs.rm_file(self.path(key))
+
+    def keys(self) -> Iterator[str]:
+        try:
+            found = self.fs.find(self.root)
+        except FileNotFoundError:
+            return
+        prefix = len(self.root) + 1
+        for p in found:
+            rel = p[prefix:] if p.startswith(self.root) else p
+            fan, _, rest = rel.partition("/")
+            if len(fan) == 2 and rest and "/" not in rest:
+                yield fan + rest
+
+
+def backend_for(url: str, **options: Any) -> Backend:
+    """A local directory (atomic via rename) for paths and file:// URLs, fsspec otherwise."""
+    if "://" not in url:
+        return LocalBackend(url)
+    if url.startswith("file://"):
+        return LocalBackend(url[len("file://"):])
+    return FsspecBackend(url, **options)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,13 +19,16 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commits (
     id TEXT PRIMARY KEY, history TEXT NOT NULL, time REAL NOT NULL,
-    body BLOB NOT NULL, sig TEXT NOT NULL);
+    body BLOB NOT NULL, sig TEXT NOT NULL, signer TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS commits_by_history ON commits (history, time);
 CREATE TABLE IF NOT EXISTS refs (
     history TEXT NOT NULL, branch TEXT NOT NULL, commit_id TEXT NOT NULL,
     PRIMARY KEY (history, branch));
 CREATE TABLE IF NOT EXISTS heads (
     history TEXT PRIMARY KEY, branch TEXT, commit_id TEXT);
+CREATE TABLE IF NOT EXISTS trusted_keys (key_id TEXT PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS remotes (name TEXT PRIMARY KEY, url TEXT NOT NULL,
+    options TEXT NOT NULL);
 """
 
 
@@ -74,12 +77,17 @@ class MetaDB:
 
     # commits
     def insert_commit(self, conn: sqlite3.Connection, cid: str, history: str, time: float,
-                      body: bytes, sig: str) -> None:
-        conn.execute("INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?)",
-                     (cid, history, time, body, sig))
+                      body: bytes, sig: str, signer: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?, ?)",
+                     (cid, history, time, body, sig, signer))
 
-    def commit_row(self, cid: str) -> tuple[bytes, str] | None:
-        return self.conn.execute("SELECT body, sig FROM commits WHERE id=?", (cid,)).fetchone()
+    def commit_row(self, cid: str) -> tuple[bytes, str, str] | None:
+        """(body, signature, signer key id) of a commit."""
+        return self.conn.execute(
+            "SELECT body, sig, signer FROM commits WHERE id=?", (cid,)).fetchone()
+
+    def has_commit(self, cid: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM commits WHERE id=?", (cid,)).fetchone() is not None
 
     def commit_ids_with_prefix(self, prefix: str) -> list[str]:
         rows = self.conn.execute(
@@ -94,6 +102,24 @@ class MetaDB:
             q = self.conn.execute(
                 "SELECT id, body, sig FROM commits WHERE history=? ORDER BY time", (history,))
         return q.fetchall()
+
+    # trust and remotes
+    def trusted_keys(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key_id, label FROM trusted_keys").fetchall())
+
+    def trust_key(self, conn: sqlite3.Connection, key_id: str, label: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO trusted_keys VALUES (?, ?)", (key_id, label))
+
+    def remotes(self) -> dict[str, tuple[str, str]]:
+        """{name: (url, options as JSON)}"""
+        rows = self.conn.execute("SELECT name, url, options FROM remotes ORDER BY name")
+        return {name: (url, options) for name, url, options in rows.fetchall()}
+
+    def set_remote(self, conn: sqlite3.Connection, name: str, url: str, options: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO remotes VALUES (?, ?, ?)", (name, url, options))
+
+    def delete_remote(self, conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("DELETE FROM remotes WHERE name=?", (name,))
 
     def histories(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT history FROM heads ORDER BY history")]
