@@ -12,7 +12,8 @@ from .model import Commit, Diff
 from .repo import Repository
 from .session import Session, load_component
 
-__all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "load"]
+__all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "enable", "load",
+           "load_ipython_extension", "unload_ipython_extension"]
 __version__ = "0.1.0"
 
 
@@ -43,3 +44,19 @@ def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
         return state
     finally:
         repo.close()
+
+
+def enable() -> Any:
+    """Make every cell of the running IPython/Jupyter shell a transaction (= %load_ext txpy)."""
+    from .frontends.ipython import enable as _enable
+    return _enable()
+
+
+def load_ipython_extension(ip: Any) -> None:
+    from .frontends.ipython import load_ipython_extension as _load
+    _load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    from .frontends.ipython import unload_ipython_extension as _unload
+    _unload(ip)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copyreg
 import ctypes
 import io
 import pickle
@@ -78,6 +79,10 @@ class _StatePickler(cloudpickle.Pickler):
         self.notes: list[str] = []
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and "__slotnames__" not in obj.__dict__:
+            # pickling an instance caches __slotnames__ on its class; do it first, or a class
+            # pickles differently once one of its instances was stored
+            copyreg._slotnames(obj)
         if isinstance(obj, types.FunctionType) and obj.__globals__ is self._namespace:
             return self._namespace_function_reduce(obj)
         torch = sys.modules.get("torch")

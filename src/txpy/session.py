@@ -125,6 +125,8 @@ class Session:
         if self._head is not None and tree_key == self._head.tree:
             self._writer.discard()
             self._remember(current, examine, prints)
+            if self.verify and cand is not None:
+                self._verify_against(tree)
             return self._head.id
         with self.repo.writing():
             written = self._writer.flush()

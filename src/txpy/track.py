@@ -185,10 +185,18 @@ class _Walker:
         self._add_code(code)
         while self.pending:
             name = self.pending.pop()
+            value = self.ns[name]
+            if value is sys.modules or getattr(value, "__dict__", None) is self.ns:
+                raise Dynamic  # a handle on the namespace itself
             try:
-                self._walk(self.ns[name])
+                self._walk(value)
             except _OverBudget:
+                # too big to walk: every name any notebook code mentions is closed under
+                # "the code it can run", so nothing more needs following
                 self._add_names(_all_user_code_names(self.ns))
+                self.found.update(n for n, v in self.ns.items()
+                                  if self._is_user_function(v) or (isinstance(v, type)
+                                                                   and self._is_user_class(v)))
                 self.pending.clear()
         return self.found
 
@@ -209,8 +217,11 @@ class _Walker:
         return isinstance(f, types.FunctionType) and f.__globals__ is self.ns
 
     def _is_user_class(self, cls: type) -> bool:
-        if getattr(cls, "__module__", None) == self.main:
+        module = getattr(cls, "__module__", None)
+        if module == self.main:
             return True
+        if module in sys.modules:
+            return False  # a library's class (a notebook function patched onto it: see sweep)
         return any(self._is_user_function(v) for v in vars(cls).values())
 
     def _walk(self, root: Any) -> None:
@@ -221,15 +232,15 @@ class _Walker:
             if isinstance(obj, _ATOMIC) or id(obj) in seen:
                 continue
             seen.add(id(obj))
-            self.budget -= 1
-            if self.budget < 0:
-                raise _OverBudget
+            self._charge(1)
             t = type(obj)
             if t is dict or isinstance(obj, dict):
+                self._charge(len(obj))
                 stack.extend(obj.values())
                 stack.extend(k for k in obj.keys() if not isinstance(k, _ATOMIC))
             elif t in (list, tuple, set, frozenset) or isinstance(obj, (list, tuple, set,
                                                                          frozenset)):
+                self._charge(len(obj))
                 stack.extend(obj)
             elif isinstance(obj, types.FunctionType):
                 if obj.__globals__ is not self.ns:
@@ -269,35 +280,43 @@ class _Walker:
 
     def _walk_instance(self, obj: Any, t: type, stack: list[Any]) -> None:
         stack.append(t)
-        if _is_plain_buffer(obj, t):
+        module = t.__module__
+        if module == "numpy":
+            if getattr(obj, "dtype", None) is not None and obj.dtype.kind == "O":
+                self._charge(obj.size)
+                stack.extend(obj.ravel().tolist())
             return
-        d = getattr(obj, "__dict__", None)
+        if module.startswith("torch") and t.__name__ in ("Tensor", "Parameter"):
+            return  # numbers only
+        try:
+            d = object.__getattribute__(obj, "__dict__")
+        except Exception:
+            d = None
         if isinstance(d, dict):
             stack.append(d)
         for klass in t.__mro__:
-            for slot in getattr(klass, "__slots__", ()) if isinstance(
-                    getattr(klass, "__slots__", ()), (tuple, list)) else ():
+            slots = klass.__dict__.get("__slots__", ())
+            for slot in (slots,) if isinstance(slots, str) else slots:
                 try:
                     stack.append(object.__getattribute__(obj, slot))
-                except (AttributeError, TypeError):
+                except Exception:
                     pass
-        if t.__module__ == "collections" and hasattr(obj, "__iter__") and \
-                not isinstance(obj, dict):
-            stack.extend(obj)  # deque and friends
+        if module == "collections" and not isinstance(obj, dict):
+            try:
+                items = list(obj)
+            except Exception:
+                return
+            self._charge(len(items))
+            stack.extend(items)  # deque and friends
+
+    def _charge(self, n: int) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            raise _OverBudget
 
 
 class _OverBudget(Exception):
     pass
-
-
-def _is_plain_buffer(obj: Any, t: type) -> bool:
-    """Arrays and tensors of numbers hold no code; skip them without looking inside."""
-    module = t.__module__
-    if module == "numpy":
-        return getattr(obj, "dtype", None) is None or obj.dtype.kind != "O"  # type: ignore[attr-defined]
-    if module.startswith("torch") and t.__name__ in ("Tensor", "Parameter"):
-        return True
-    return False
 
 
 def _all_user_code_names(namespace: dict[str, Any]) -> set[str]:
@@ -312,7 +331,3 @@ def _all_user_code_names(namespace: dict[str, Any]) -> set[str]:
                 raise Dynamic
             names |= cn.names
     return names
-
-
-def _uses_main_module(code: types.CodeType) -> bool:
-    return "__main__" in sys.modules and code_names(code).dynamic

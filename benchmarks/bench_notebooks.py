@@ -1,0 +1,153 @@
+"""Overhead of %load_ext txpy on small tutorial-like notebooks, run in a real kernel.
+
+    python benchmarks/bench_notebooks.py
+
+Each notebook (generated data only, modeled on the pandas "10 minutes", scikit-learn
+"getting started" and PyTorch "quickstart" tutorials) runs in a fresh kernel without txpy and
+with it, in the same run; we print total time, overhead, store size and the time
+``%txpy restore`` takes in a new kernel. A last run measures a training-loop-like cell reading
+globals in a tight loop, where a tracking namespace would hurt most.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+PANDAS = [
+    "import numpy as np, pandas as pd\nrng = np.random.default_rng(0)",
+    "dates = pd.date_range('2024-01-01', periods=200_000, freq='min')\n"
+    "df = pd.DataFrame(rng.standard_normal((200_000, 4)), index=dates, columns=list('ABCD'))",
+    "df['E'] = np.where(df['A'] > 0, 'up', 'down')\ndf.head()",
+    "summary = df.describe()\nsummary",
+    "df.loc[df['B'] > 1, 'C'] = 0\nhourly = df[['A', 'B', 'C', 'D']].resample('h').mean()",
+    "pivot = df.groupby('E')[['A', 'B']].agg(['mean', 'std'])\npivot",
+    "df = df.sort_values('A')\nranked = df['D'].rank()",
+    "merged = hourly.join(hourly.rolling(5).mean(), rsuffix='_roll')\nmerged.tail()",
+]
+
+SKLEARN = [
+    "import numpy as np\nfrom sklearn.datasets import make_classification\n"
+    "from sklearn.model_selection import train_test_split\n"
+    "X, y = make_classification(n_samples=20_000, n_features=30, random_state=0)",
+    "X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)",
+    "from sklearn.preprocessing import StandardScaler\nscaler = StandardScaler().fit(X_train)\n"
+    "X_train_s, X_test_s = scaler.transform(X_train), scaler.transform(X_test)",
+    "from sklearn.linear_model import LogisticRegression\n"
+    "clf = LogisticRegression(max_iter=500).fit(X_train_s, y_train)\nclf.score(X_test_s, y_test)",
+    "from sklearn.ensemble import RandomForestClassifier\n"
+    "rf = RandomForestClassifier(n_estimators=50, random_state=0).fit(X_train, y_train)\n"
+    "rf.score(X_test, y_test)",
+    "from sklearn.model_selection import cross_val_score\n"
+    "scores = cross_val_score(clf, X_train_s, y_train, cv=3)\nscores.mean()",
+]
+
+TORCH = [
+    "import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+    "X = torch.randn(8192, 784)\ny = torch.randint(0, 10, (8192,))",
+    "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.layers = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))\n"
+    "    def forward(self, x):\n        return self.layers(x)\n"
+    "model = Net()\nopt = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
+    "loss_fn = nn.CrossEntropyLoss()",
+    "def train_epoch():\n    for i in range(0, len(X), 256):\n        opt.zero_grad()\n"
+    "        loss = loss_fn(model(X[i:i + 256]), y[i:i + 256])\n        loss.backward()\n"
+    "        opt.step()\n    return loss.item()\nhistory = []",
+    "for epoch in range(3):\n    history.append(train_epoch())\nhistory",
+    "history.append(train_epoch())\nhistory[-1]",
+    "with torch.no_grad():\n    acc = (model(X).argmax(1) == y).float().mean().item()\nacc",
+]
+
+TIGHT_LOOP = [
+    "import numpy as np\nw = np.zeros(10)\nlr = 0.01\ncount = 0\nlosses = []\n"
+    "def step(i):\n    global count\n    count += 1\n    return lr * (i % 7)",
+    "for i in range(2_000_000):\n    w[0] += step(i)\nlosses.append(float(w[0]))",
+]
+
+
+def notebook(cells: list[str], with_txpy: bool) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = ([nbformat.v4.new_code_cell("%load_ext txpy")] if with_txpy else []) + [
+        nbformat.v4.new_code_cell(c) for c in cells]
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, cwd: str) -> float:
+    """Seconds spent in the notebook's own cells (the kernel start and %load_ext excluded)."""
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": cwd}})
+    client.km = client.create_kernel_manager()
+    client.km.kernel_spec.argv[0] = sys.executable
+    with client.setup_kernel(cwd=cwd):
+        total = 0.0
+        for index, cell in enumerate(nb.cells):
+            started = time.perf_counter()
+            client.execute_cell(cell, index)
+            if cell.source != "%load_ext txpy":
+                total += time.perf_counter() - started
+            errors = [o for o in cell.get("outputs", ()) if o.get("output_type") == "error"
+                      or (o.get("name") == "stderr" and "could not" in o.get("text", ""))]
+            if errors:
+                raise RuntimeError(f"cell {index} failed: {errors}")
+    return total
+
+
+def restore_seconds(cwd: str) -> float:
+    nb = nbformat.v4.new_notebook()
+    # the clock lives in builtins: restore removes names the saved state lacks
+    nb.cells = [nbformat.v4.new_code_cell("%load_ext txpy"),
+                nbformat.v4.new_code_cell("import builtins, time\n"
+                                          "builtins.started = time.perf_counter()"),
+                nbformat.v4.new_code_cell("%txpy restore"),
+                nbformat.v4.new_code_cell("import builtins, time\n"
+                                          "print(time.perf_counter() - builtins.started)")]
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": cwd}})
+    client.km = client.create_kernel_manager()
+    client.km.kernel_spec.argv[0] = sys.executable
+    client.execute(cwd=cwd)
+    text = "".join(o.get("text", "") for o in nb.cells[3].outputs if o.get("name") == "stdout")
+    return float(text.strip().splitlines()[-1])
+
+
+def size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench(name: str, cells: list[str], repeat: int = 2) -> None:
+    plain, with_txpy = [], []
+    store_size = restore = 0.0
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as d:
+            plain.append(execute(notebook(cells, False), d))
+        with tempfile.TemporaryDirectory() as d:
+            with_txpy.append(execute(notebook(cells, True), d))
+            store_size = size(Path(d) / ".txpy")
+            restore = restore_seconds(d)
+    p, t = min(plain), min(with_txpy)
+    print(f"{name:<12} cells={len(cells):>2}  plain={p:7.2f}s  txpy={t:7.2f}s  "
+          f"overhead={100 * (t - p) / p:+6.1f}%  store={store_size / 2**20:7.1f} MB  "
+          f"restore={restore:6.2f}s", flush=True)
+
+
+def main() -> None:
+    os.environ.pop("TXPY_VERIFY", None)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; best of 2 runs each")
+    bench("pandas", PANDAS)
+    if importlib.util.find_spec("sklearn"):
+        bench("scikit-learn", SKLEARN)
+    else:
+        print("scikit-learn: not installed, skipped")
+    bench("pytorch", TORCH)
+    bench("tight-loop", TIGHT_LOOP, repeat=3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""A real Jupyter kernel with %load_ext txpy: failing cells roll back exactly, and after the
+kernel is killed with SIGKILL a new kernel gets every variable back with %txpy restore."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+
+def start_kernel(cwd):
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.kernel_spec.argv[0] = sys.executable  # this venv's python, whatever is on PATH
+    env = dict(os.environ, TXPY_VERIFY="1", PYTHONWARNINGS="ignore")
+    km.start_kernel(cwd=str(cwd), env=env)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc
+
+
+def execute(kc, code, timeout=60):
+    """Run one cell; return (status, stdout, stderr)."""
+    out, err = [], []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            err.append(msg["content"]["ename"])
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return reply["content"]["status"], "".join(out), "".join(err)
+
+
+def ok(kc, code):
+    status, out, err = execute(kc, code)
+    assert status == "ok", err
+    assert "could not" not in err and "verify" not in err, err
+    return out
+
+
+SNAPSHOT = """
+import hashlib, pickle
+def _digest(v):
+    if isinstance(v, torch.nn.Module) or hasattr(v, 'state_dict'):
+        v = {k: (t.numpy().tobytes() if hasattr(t, 'numpy') else repr(t))
+             for k, t in v.state_dict().items()} if isinstance(v, torch.nn.Module) else \\
+            repr(v.state_dict())
+    elif isinstance(v, pd.DataFrame):
+        v = (list(v.columns), v.to_numpy().tobytes())
+    elif isinstance(v, np.ndarray):
+        v = v.tobytes()
+    return hashlib.sha256(repr(v).encode()).hexdigest()[:16]
+print(sorted((k, _digest(globals()[k])) for k in ['df', 'xs', 'cfg', 'arr', 'model', 'opt']))
+print(Scaler(3).apply(2), describe(xs), np.__name__, seed_out)
+"""
+
+
+def test_notebook_rolls_back_and_survives_kill_9(tmp_path):
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        ok(kc, "import numpy as np, pandas as pd, torch\n"
+               "torch.manual_seed(0)\n"
+               "df = pd.DataFrame({'a': [1.0, 2.0, 3.0]})\nxs = [1, 2]\ncfg = {'lr': 0.1}\n"
+               "arr = np.arange(6.0)\n"
+               "model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),"
+               " torch.nn.Linear(8, 1))\n"
+               "opt = torch.optim.Adam(model.parameters(), lr=0.01)\n"
+               "X, y = torch.randn(16, 4), torch.randn(16, 1)")
+        ok(kc, "class Scaler:\n    def __init__(self, k):\n        self.k = k\n"
+               "    def apply(self, v):\n        return v * self.k + cfg['lr']\n"
+               "def describe(v):\n    return f'{len(v)} items'\n"
+               "def train_step():\n    opt.zero_grad()\n"
+               "    loss = torch.nn.functional.mse_loss(model(X), y)\n"
+               "    loss.backward()\n    opt.step()\n    return loss.item()\n"
+               "seed_out = train_step()")
+        before = ok(kc, SNAPSHOT)
+
+        status, _, err = execute(
+            kc, "df['b'] = df['a'] * 2\nxs.append(3)\ncfg['lr'] = 5\narr *= -1\n"
+                "train_step(); train_step()\nraise RuntimeError('diverged')")
+        assert status == "error" and "rolled back after RuntimeError" in err
+        assert err.count("txpy:") == 1
+        assert ok(kc, SNAPSHOT) == before
+
+        # a last successful cell, then SIGKILL in the middle of a long one
+        ok(kc, "xs.append(4)\ntrain_step()")
+        expected = ok(kc, SNAPSHOT)
+        kc.execute("import time\nxs.append(99)\ntime.sleep(30)")
+        time.sleep(1.0)
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        km.provisioner.process.wait()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        out = ok(kc, "%txpy restore")
+        assert "restored" in out
+        assert ok(kc, SNAPSHOT) == expected
+        # and the restored kernel keeps working as a transaction per cell
+        execute(kc, "xs.append(5)\n1/0")
+        assert ok(kc, "print(xs)").strip() == "[1, 2, 4]"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
