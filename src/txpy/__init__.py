@@ -7,6 +7,7 @@ import os
 import warnings
 from typing import Any
 
+from . import env
 from .errors import TxpyError, TxpyWarning
 from .model import Commit, Diff
 from .repo import Repository
@@ -33,6 +34,10 @@ def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
                                 f"({', '.join(histories) or 'none'}); name one")
             name = histories[0] if len(histories) == 1 else None
         target = repo.resolve(name, commit)
+        differences = env.mismatches(target.env)
+        if differences:
+            warnings.warn(f"commit {target.short} was made elsewhere: " + "; ".join(differences),
+                          TxpyWarning, stacklevel=2)
         tree = repo.tree(target)
         state: dict[str, Any] = {}
         for key in set(tree.components.values()):

@@ -5,17 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import load
 from .errors import TxpyError
 from .model import Commit
+from .remote import TransferStats, add_remote, get_remote
+from .remote import clone as remote_clone
+from .remote import pull as remote_pull
+from .remote import push as remote_push
 from .repo import Repository, find_store
 
 console = Console()
@@ -239,3 +245,140 @@ def demo(directory: Path | None) -> None:
     from .demo import run
 
     run(directory, console)
+
+
+# --- remotes: push / pull / clone (remote.py) ---------------------------------------------------
+endpoint_option = click.option(
+    "--endpoint-url", default=None,
+    help="Endpoint of an S3-compatible server (else botocore's usual configuration).")
+
+
+def _options(endpoint_url: str | None) -> dict[str, Any]:
+    return {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+
+
+@contextmanager
+def _progress(verb: str) -> Iterator[Callable[[str, int, int], None]]:
+    with Progress(TextColumn(f"{verb} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield update
+
+
+def _stats_line(verb: str, stats: TransferStats) -> str:
+    moved = f"; branches: {', '.join(stats.branches)}" if stats.branches else ""
+    return (f"{verb} {stats.commits} commits, {stats.objects} chunks, "
+            f"{_size(stats.bytes)}{moved}")
+
+
+@main.group()
+def remote() -> None:
+    """Remotes that push, pull and clone copy histories to and from (any fsspec URL)."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@endpoint_option
+@store_option
+@_friendly
+def remote_add(name: str, url: str, endpoint_url: str | None, store: Path | None) -> None:
+    """Remember URL (s3://bucket/prefix, file:///path, memory://…) as remote NAME."""
+    add_remote(_open(store), name, url, _options(endpoint_url))
+    console.print(f"remote {name} -> {url}")
+
+
+@remote.command("list")
+@store_option
+@_friendly
+def remote_list(store: Path | None) -> None:
+    """List remotes."""
+    for name, (url, _) in _open(store).meta.remotes().items():
+        console.print(f"{name:12} {url}")
+
+
+@main.command()
+@click.argument("remote_name", required=False)
+@click.argument("history", required=False)
+@store_option
+@_friendly
+def push(remote_name: str | None, history: str | None, store: Path | None) -> None:
+    """Copy commits and missing chunks to a remote (default: origin), then move its branches."""
+    repo = _open(store)
+    name, target = get_remote(repo, remote_name)
+    _history(repo, history)
+    with _progress(f"push to {name}:") as progress:
+        stats = remote_push(repo, target, [history] if history else None, progress)
+    console.print(_stats_line(f"pushed to {name}:", stats))
+
+
+@main.command()
+@click.argument("remote_name", required=False)
+@click.option("--trust", is_flag=True, help="Trust the keys that signed the remote's commits.")
+@store_option
+@_friendly
+def pull(remote_name: str | None, trust: bool, store: Path | None) -> None:
+    """Fetch a remote's new commits (verified) and fast-forward branches."""
+    repo = _open(store)
+    name, source = get_remote(repo, remote_name)
+    with _progress(f"pull from {name}:") as progress:
+        stats = remote_pull(repo, source, name, trust=trust, progress=progress)
+    console.print(_stats_line(f"pulled from {name}:", stats))
+
+
+@main.command()
+@click.argument("url")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--trust", is_flag=True,
+              help="Trust the keys that signed its commits (loading runs pickled code).")
+@endpoint_option
+@_friendly
+def clone(url: str, directory: Path, trust: bool, endpoint_url: str | None) -> None:
+    """Copy every history of a remote into DIRECTORY/.txpy (origin = URL)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with _progress("clone:") as progress:
+        store, stats = remote_clone(url, directory, trust=trust,
+                                    options=_options(endpoint_url), progress=progress)
+    console.print(_stats_line(f"cloned into {store}:", stats))
+
+
+@main.command()
+@click.argument("key_id", required=False)
+@store_option
+@_friendly
+def trust(key_id: str | None, store: Path | None) -> None:
+    """Trust commits signed by KEY_ID (hex); without it, list the trusted keys."""
+    repo = _open(store)
+    if key_id:
+        if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
+            raise TxpyError("a key id is 64 hex digits (as shown by `txpy trust` in its store)")
+        repo.trust(key_id, "trusted by hand")
+    console.print(f"this store's key: {repo.signer.key_id}")
+    for k, label in repo.trusted_keys().items():
+        console.print(f"  {k}  {label}")
+
+
+# --- txpy run (frontends/runner.py) ------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": True,
+                                "allow_interspersed_args": False})
+@click.argument("script", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--fresh", is_flag=True, help="Start over instead of resuming the last run.")
+@click.option("--commit-interval", type=float, default=2.0, show_default=True,
+              help="Commit at most every this many seconds of work (0: at every statement "
+                   "and loop iteration).")
+@store_option
+@_friendly
+def run(script: Path, args: tuple[str, ...], fresh: bool, commit_interval: float,
+        store: Path | None) -> None:
+    """Run SCRIPT (.py or .ipynb) like python, durably: if it dies, run it again to resume."""
+    from .frontends.runner import run as run_program
+
+    sys.exit(run_program(script, args, store=store, fresh=fresh,
+                         commit_interval=commit_interval))

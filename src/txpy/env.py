@@ -46,3 +46,24 @@ def fingerprint() -> dict[str, Any]:
         "platform": f"{platform.system()}-{platform.machine()}",
         "packages": imported_packages(),
     }
+
+
+def mismatches(recorded: dict[str, Any]) -> list[str]:
+    """Differences between a commit's environment and this one that can change what loads:
+    Python minor version, platform, versions of the packages the session had imported."""
+    out = []
+    here = fingerprint()
+    py_then, py_now = recorded.get("python", ""), here["python"]
+    if py_then.split(".")[:2] != py_now.split(".")[:2]:
+        out.append(f"python {py_now} here, {py_then} at commit")
+    if recorded.get("platform") and recorded["platform"] != here["platform"]:
+        out.append(f"platform {here['platform']} here, {recorded['platform']} at commit")
+    for dist, version in recorded.get("packages", {}).items():
+        try:
+            now = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist} {version} at commit, not installed here")
+            continue
+        if now != version:
+            out.append(f"{dist} {now} here, {version} at commit")
+    return out

@@ -304,6 +304,9 @@ class Session:
         return target
 
     def _move_to(self, target: Commit, branch: str | None) -> None:
+        differences = env.mismatches(target.env)
+        if differences:
+            self.notify(f"commit {target.short} was made elsewhere: " + "; ".join(differences))
         tree = self.repo.tree(target)
         current = self._tracked()
         changed = set(current.keys() ^ tree.names)

@@ -162,6 +162,7 @@ class FsspecBackend(Backend):
         self.fs.pipe_file(self.path(key), data)
 
     def exists(self, key: str) -> bool:
+        self.fs.invalidate_cache(self.path(key))
         return self.fs.exists(self.path(key))
 
     def delete(self, key: str) -> None:
@@ -169,6 +170,7 @@ class FsspecBackend(Backend):
             self.fs.rm_file(self.path(key))
 
     def keys(self) -> Iterator[str]:
+        self.fs.invalidate_cache()  # another process may have written since we last listed
         try:
             found = self.fs.find(self.root)
         except FileNotFoundError:
