@@ -66,23 +66,25 @@ def run(mb: int, chunk_size: int) -> dict[str, float]:
         shutil.rmtree(root)
 
 
+def baselines(mb: int) -> None:
+    a = np.random.default_rng(1).random(mb * 131072)
+    gb = mb / 1024
+    view = memoryview(a).cast("B")
+    out = np.empty_like(a)
+    np.copyto(out, a)
+    print(f"baselines on a {mb} MiB float64 array")
+    print(f"  np.copy into fresh memory   {gb / best(lambda: np.copy(a), 1):7.2f} GB/s")
+    print(f"  np.copyto, warm memory      {gb / best(lambda: np.copyto(out, a)):7.2f} GB/s")
+    xxh = best(lambda: xxhash.xxh3_128(view).digest())
+    print(f"  xxh3-128 in place           {gb / xxh:7.2f} GB/s")
+    print(f"  txpy fingerprint (chunked)  {gb / best(lambda: delta._split(view)):7.2f} GB/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=400)
     args = parser.parse_args()
-    a = np.random.default_rng(1).random(args.mb * 131072)
-    gb = args.mb / 1024
-    view = memoryview(a).cast("B")
-    print(f"baselines on a {args.mb} MiB float64 array")
-    print(f"  np.copy into fresh memory   {gb / best(lambda: np.copy(a), 1):7.2f} GB/s")
-    out = np.empty_like(a)
-    np.copyto(out, a)
-    print(f"  np.copyto, warm memory      {gb / best(lambda: np.copyto(out, a)):7.2f} GB/s")
-    print(f"  xxh3-128 in place           {gb / best(lambda: xxhash.xxh3_128(view).digest()):7.2f}"
-          " GB/s")
-    print(f"  txpy fingerprint (chunked)  "
-          f"{gb / best(lambda: delta._split(view)):7.2f} GB/s")
-    del a, out, view
+    baselines(args.mb)
     for chunk in (256 << 10, 1 << 20, 4 << 20):
         r = run(args.mb, chunk)
         print(f"chunk size {chunk >> 10} KiB:")
