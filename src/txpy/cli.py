@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from . import load
 from .errors import TxpyError
+from .humanize import size, when
 from .model import Commit
 from .remote import TransferStats, add_remote, get_remote
 from .remote import clone as remote_clone
@@ -63,6 +63,13 @@ def _history(repo: Repository, history: str | None) -> str | None:
     return histories[0] if len(histories) == 1 else None
 
 
+def _histories(store: Path | None, history: str | None) -> tuple[Repository, list[str]]:
+    """The store, and the histories a command shows: the one named, or all of them."""
+    repo = _open(store)
+    _history(repo, history)
+    return repo, [history] if history else repo.histories()
+
+
 def _resolve(repo: Repository, history: str | None, ref: str) -> Commit:
     name = _history(repo, history)
     if name is None and (ref == "HEAD" or not _looks_like_id(ref)):
@@ -74,22 +81,10 @@ def _looks_like_id(ref: str) -> bool:
     return len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower())
 
 
-def _when(t: float) -> str:
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _first_line(commit: Commit) -> str:
     text = commit.message or (commit.code or "").strip()
     line = text.splitlines()[0] if text else ""
     return line if len(line) <= 60 else line[:57] + "..."
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 @click.group()
@@ -104,9 +99,7 @@ def main() -> None:
 @_friendly
 def log(store: Path | None, history: str | None) -> None:
     """List commits, newest first, with the branches pointing at them."""
-    repo = _open(store)
-    histories = [history] if history else repo.histories()
-    _history(repo, history)
+    repo, histories = _histories(store, history)
     for name in histories:
         refs: dict[str, list[str]] = {}
         for branch, cid in repo.meta.branches(name).items():
@@ -119,8 +112,8 @@ def log(store: Path | None, history: str | None) -> None:
             marks = refs.get(c.id, [])
             if c.id == head:
                 marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
-            table.add_row(c.short, ", ".join(marks), _when(c.time), c.kind,
-                          _size(c.stats.get("bytes_written", 0)), _first_line(c))
+            table.add_row(c.short, ", ".join(marks), when(c.time), c.kind,
+                          size(c.stats.get("bytes_written", 0)), _first_line(c))
         console.print(table)
     if not histories:
         console.print("the store has no commits yet")
@@ -137,13 +130,13 @@ def show(commit: str, store: Path | None, history: str | None) -> None:
     c = _resolve(repo, history, commit)
     tree = repo.tree(c)
     console.print(f"[bold]commit {c.id}[/bold]\nhistory {c.history}   parents "
-                  f"{', '.join(p[:12] for p in c.parents) or '-'}   {_when(c.time)}   {c.kind}")
+                  f"{', '.join(p[:12] for p in c.parents) or '-'}   {when(c.time)}   {c.kind}")
     if c.message:
         console.print(c.message)
     table = Table("name", "component", "buffers")
     for name, key in sorted(tree.components.items()):
         manifest = repo.manifest(key)
-        table.add_row(name, key[:12], _size(sum(b.nbytes for b in manifest.buffers)))
+        table.add_row(name, key[:12], size(sum(b.nbytes for b in manifest.buffers)))
     for name, u in sorted(tree.unstored.items()):
         table.add_row(name, "[red]not stored[/red]", f"{u.type_name}: {u.reason}")
     console.print(table)
@@ -177,9 +170,8 @@ def diff(a: str, b: str, store: Path | None, history: str | None) -> None:
 @_friendly
 def branch(store: Path | None, history: str | None) -> None:
     """List branches of each history; * marks HEAD's."""
-    repo = _open(store)
-    _history(repo, history)
-    for name in [history] if history else repo.histories():
+    repo, histories = _histories(store, history)
+    for name in histories:
         head_branch, head = repo.meta.head(name)
         console.print(f"[bold]{name}[/bold]")
         for b, cid in repo.meta.branches(name).items():
@@ -194,7 +186,7 @@ def branch(store: Path | None, history: str | None) -> None:
 def gc(store: Path | None) -> None:
     """Delete chunks that no commit refers to (e.g. left by a crash)."""
     removed, freed = _open(store).gc()
-    console.print(f"removed {removed} unreferenced chunks, freed {_size(freed)}")
+    console.print(f"removed {removed} unreferenced chunks, freed {size(freed)}")
 
 
 @main.command()
@@ -274,7 +266,7 @@ def _progress(verb: str) -> Iterator[Callable[[str, int, int], None]]:
 def _stats_line(verb: str, stats: TransferStats) -> str:
     moved = f"; branches: {', '.join(stats.branches)}" if stats.branches else ""
     return (f"{verb} {stats.commits} commits, {stats.objects} chunks, "
-            f"{_size(stats.bytes)}{moved}")
+            f"{size(stats.bytes)}{moved}")
 
 
 @main.group()

@@ -231,6 +231,10 @@ class Repository:
     def histories(self) -> list[str]:
         return self.meta.histories()
 
+    def disk_usage(self) -> int:
+        """Bytes the store takes on disk."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
     # objects
     def tree(self, commit: Commit) -> Tree:
         return Tree.from_bytes(self.chunks.get(commit.tree))

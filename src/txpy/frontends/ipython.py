@@ -16,7 +16,6 @@ import shlex
 import sys
 import time
 import types
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from .. import track
 from ..errors import NotAStoreError, TxpyError
+from ..humanize import size, when
 from ..repo import STORE_DIR, find_store
 from ..session import Session, is_dunder
 
@@ -126,7 +126,7 @@ class Extension:
             self._fresh = set()
             if head is not None:
                 notify(f"history {history!r} has a saved state (commit {head.short}, "
-                       f"{_ago(head.time)}); %txpy restore brings it back")
+                       f"{when(head.time)}); %txpy restore brings it back")
 
     def _own_branch(self) -> None:
         s = self.session
@@ -262,22 +262,6 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else ""
 
 
-def _ago(t: float) -> str:
-    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 @magics_class
 class TxpyMagics(Magics):
     """``%txpy SUBCOMMAND``: look at and move through this notebook's history."""
@@ -321,7 +305,7 @@ class TxpyMagics(Magics):
         self.ext._fresh = None
         self.ext._uncommitted = set()
         names = sorted(self.session.repo.tree(commit).names - self.session.unstored.keys())
-        print(f"restored {len(names)} names from commit {commit.short} ({_ago(commit.time)}): "
+        print(f"restored {len(names)} names from commit {commit.short} ({when(commit.time)}): "
               + ", ".join(names))
 
     def _do_log(self, limit: str = "20") -> None:
@@ -340,7 +324,7 @@ class TxpyMagics(Magics):
             text = (c.code or c.message or "").strip().splitlines()
             what = text[0][:60] + (" …" if len(text) > 1 or len(text[0]) > 60 else "") \
                 if text else ""
-            print(f"{mark} {c.short} {_ago(c.time)} {c.kind:<5}{refs} {what}")
+            print(f"{mark} {c.short} {when(c.time)} {c.kind:<5}{refs} {what}")
         if len(commits) > int(limit):
             print(f"  ... {len(commits) - int(limit)} older commits (%txpy log N shows more)")
 
@@ -360,7 +344,7 @@ class TxpyMagics(Magics):
         self.ext._uncommitted = set()
         where = f"branch {self.session.branch!r}" if self.session.branch else \
             "a detached commit (new cells start a new branch)"
-        print(f"checked out {commit.short} ({_ago(commit.time)}); now on {where}")
+        print(f"checked out {commit.short} ({when(commit.time)}); now on {where}")
 
     def _do_branch(self, name: str | None = None) -> None:
         s = self.session
@@ -376,13 +360,13 @@ class TxpyMagics(Magics):
     def _do_status(self) -> None:
         ext = self.ext
         s = self.session
-        print(f"store:   {s.repo.path} ({_human(_size(Path(s.repo.path)))})")
+        print(f"store:   {s.repo.path} ({size(s.repo.disk_usage())})")
         print(f"history: {s.name}" + ("" if ext.lease and ext.lease.held
                                       else " (shared with another kernel)"))
         print(f"branch:  {s.branch or '(detached)'}")
         print(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}")
         h = s.head
-        print(f"last commit: {h.short} {_ago(h.time)} {h.kind}" if h else "last commit: none")
+        print(f"last commit: {h.short} {when(h.time)} {h.kind}" if h else "last commit: none")
         if ext._fresh is not None and h is not None:
             print("  (not restored in this kernel: %txpy restore brings it back)")
         for n, u in sorted(s.unstored.items()):
