@@ -1,5 +1,6 @@
 """torch and pandas state round-trips exactly, with shared references kept."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,10 +76,15 @@ def test_tensor_views_share_storage_after_restore(session, store):
 
 def test_pandas_frames_round_trip(session, store):
     ns = session.namespace
-    ns["df"] = pd.DataFrame({"a": range(1000), "s": [f"row{i}" for i in range(1000)]})
+    ns["df"] = pd.DataFrame({"a": range(1000), "s": [f"row{i}" for i in range(1000)]},
+                            index=pd.date_range("2024-01-01", periods=1000, freq="min"))
     ns["df"]["b"] = ns["df"]["a"] * 2.5
+    ns["df"]["wait"] = pd.to_timedelta(ns["df"]["a"], unit="s")
+    ns["stamps"] = np.arange(100_000).astype("datetime64[ns]")
     state = txpy.load(store, "t", session.commit())
     pd.testing.assert_frame_equal(state["df"], ns["df"])
+    assert state["stamps"].dtype == ns["stamps"].dtype
+    assert np.array_equal(state["stamps"], ns["stamps"])
 
 
 def test_dataframe_rollback(session):

@@ -91,10 +91,14 @@ class _StatePickler(cloudpickle.Pickler):
             if reduced is not NotImplemented:
                 return reduced
         np = sys.modules.get("numpy")
-        if np is not None and type(obj) is np.ndarray and obj.dtype == object:
-            data = _string_array_data(obj)
-            if data is not None:
-                return _rebuild_string_array, (pickle.PickleBuffer(data), obj.shape)
+        if np is not None and type(obj) is np.ndarray:
+            if obj.dtype == object:
+                data = _string_array_data(obj)
+                if data is not None:
+                    return _rebuild_string_array, (pickle.PickleBuffer(data), obj.shape)
+            elif obj.dtype.kind in "mM" and (obj.flags.c_contiguous or obj.flags.f_contiguous):
+                # numpy pickles datetimes in band (a copy in the stream); as int64 they go out
+                return _view_as, (obj.view(np.int64), obj.dtype)
         return super().reducer_override(obj)
 
     def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
@@ -202,6 +206,10 @@ def _string_array_data(arr: Any) -> bytes | None:
         del _string_cache[next(iter(_string_cache))]
     _string_cache[key] = (arr.copy(), data)
     return data
+
+
+def _view_as(array: Any, dtype: Any) -> Any:
+    return array.view(dtype)
 
 
 def _rebuild_string_array(buffer: Any, shape: tuple[int, ...]) -> Any:

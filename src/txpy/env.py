@@ -8,22 +8,40 @@ from __future__ import annotations
 
 import platform
 import sys
+import threading
 from importlib import metadata
 from typing import Any
 
 _versions: dict[str, str | None] = {}
-_top_level_to_dist: dict[str, list[str]] | None = None
+_top_level_to_dist: dict[str, list[str]] = {}
+_scan = threading.Thread(target=lambda: _top_level_to_dist.update(
+    metadata.packages_distributions()), name="txpy-env-scan", daemon=True)
+_imported: tuple[int, dict[str, str]] = (-1, {})
+
+
+def warm_up() -> None:
+    """Start reading installed packages' metadata (~0.3 s) in the background, so the first
+    commit does not wait for it."""
+    if not _scan.is_alive() and not _top_level_to_dist:
+        try:
+            _scan.start()
+        except RuntimeError:  # already started and finished
+            pass
 
 
 def _dists_of(module: str) -> list[str]:
-    global _top_level_to_dist
-    if _top_level_to_dist is None:
-        _top_level_to_dist = metadata.packages_distributions()
+    warm_up()
+    _scan.join()
     return _top_level_to_dist.get(module, [])
 
 
 def imported_packages() -> dict[str, str]:
-    """{distribution: version} for every installed distribution with an imported module."""
+    """{distribution: version} for every installed distribution with an imported module.
+    Recomputed only when the set of imported modules changes."""
+    global _imported
+    if _imported[0] == len(sys.modules):
+        return _imported[1]
+    count = len(sys.modules)
     out: dict[str, str] = {}
     for name in list(sys.modules):
         if "." in name or name.startswith("_") or name in sys.stdlib_module_names:
@@ -37,7 +55,8 @@ def imported_packages() -> dict[str, str]:
             version = _versions[dist]
             if version:
                 out[dist] = version
-    return dict(sorted(out.items()))
+    _imported = (count, dict(sorted(out.items())))
+    return _imported[1]
 
 
 def fingerprint() -> dict[str, Any]:

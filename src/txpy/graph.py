@@ -27,7 +27,9 @@ _NOT_SHARED: tuple[type, ...] = (
 #: Library value types that are immutable descriptors (dtypes, devices), by module.
 _LIBRARY_VALUE_TYPES = {"numpy": ("dtype",), "torch": ("dtype", "device", "layout",
                                                        "memory_format")}
-_globals_cache: tuple[int, dict[int, Any], tuple[type, ...]] = (-1, {}, _NOT_SHARED)
+_library_objects: dict[int, Any] = {}
+_scanned_modules: set[str] = set()
+_not_shared_types: tuple[type, ...] = _NOT_SHARED
 
 
 def library_globals() -> tuple[dict[int, Any], tuple[type, ...]]:
@@ -37,30 +39,34 @@ def library_globals() -> tuple[dict[int, Any], tuple[type, ...]]:
     (singletons, library functions, class-level defaults like pandas' ``_metadata``), and the
     modules' dicts, by id: every pickle reaches them, so they must not join unrelated names.
     Holding them keeps their ids from being reused by user objects. types: _NOT_SHARED plus
-    library descriptor types (numpy/torch dtypes). Recomputed when imported modules change.
+    library descriptor types (numpy/torch dtypes). Modules are scanned once, when first seen.
     """
-    global _globals_cache
-    count = len(sys.modules)
-    if _globals_cache[0] != count:
-        objects: dict[int, Any] = {}
-        for name, module in list(sys.modules.items()):
-            if name == "__main__" or module is None:
-                continue
-            try:
-                attrs = vars(module)
-            except TypeError:
-                continue
-            objects[id(attrs)] = attrs
-            with warnings.catch_warnings():  # some libraries warn on deprecated attributes
-                warnings.simplefilter("ignore")
-                for value in list(attrs.values()):
-                    objects[id(value)] = value
-                    if isinstance(value, type) and getattr(value, "__module__", None) == name:
-                        objects.update((id(v), v) for v in list(vars(value).values()))
-        extra = tuple(getattr(sys.modules[m], t) for m, names in _LIBRARY_VALUE_TYPES.items()
-                      if m in sys.modules for t in names if hasattr(sys.modules[m], t))
-        _globals_cache = (count, objects, _NOT_SHARED + extra)
-    return _globals_cache[1], _globals_cache[2]
+    global _not_shared_types
+    if len(_scanned_modules) != len(sys.modules):
+        for name in sys.modules.keys() - _scanned_modules:
+            _scanned_modules.add(name)
+            module = sys.modules.get(name)
+            if name != "__main__" and module is not None:
+                _scan_module(name, module)
+        _not_shared_types = _NOT_SHARED + tuple(
+            getattr(sys.modules[m], t) for m, names in _LIBRARY_VALUE_TYPES.items()
+            if m in sys.modules for t in names if hasattr(sys.modules[m], t))
+    return _library_objects, _not_shared_types
+
+
+def _scan_module(name: str, module: Any) -> None:
+    try:
+        attrs = vars(module)
+    except TypeError:
+        return
+    objects = _library_objects
+    objects[id(attrs)] = attrs
+    with warnings.catch_warnings():  # some libraries warn on deprecated attributes
+        warnings.simplefilter("ignore")
+        for value in list(attrs.values()):
+            objects[id(value)] = value
+            if isinstance(value, type) and getattr(value, "__module__", None) == name:
+                objects.update((id(v), v) for v in list(vars(value).values()))
 
 
 def _foreign_function(obj: Any, namespace: Mapping[str, Any] | None) -> bool:

@@ -60,6 +60,7 @@ class Session:
                  ignore: Callable[[str], bool] = is_dunder,
                  notify: Callable[[str], None] = default_notify):
         self.repo = Repository.open(store, create=True)
+        env.warm_up()
         self.name = name
         self.namespace: dict[str, Any] = {} if namespace is None else namespace
         self.verify = os.environ.get("TXPY_VERIFY") == "1" if verify is None else verify

@@ -54,29 +54,35 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._prefix = str(self.root) + os.sep
 
     def path(self, key: str) -> Path:
-        return self.root / key[:2] / key[2:]
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
+        """The file of key, as a plain string: pathlib costs ~10 µs a call on hot paths."""
+        return f"{self._prefix}{key[:2]}{os.sep}{key[2:]}"
 
     def get(self, key: str) -> bytes:
-        with open(self.path(key), "rb") as f:
+        with open(self._file(key), "rb") as f:
             return f.read()
 
     def exists(self, key: str) -> bool:
-        return self.path(key).exists()
+        return os.path.exists(self._file(key))
 
     def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
-        pending: list[tuple[int, str, Path]] = []
+        pending: list[tuple[int, str, str]] = []
         written = 0
         try:
             for key, data in items:
-                final = self.path(key)
-                if final.exists():
+                final = self._file(key)
+                if os.path.exists(final):
                     continue
-                final.parent.mkdir(exist_ok=True)
-                tmp = final.parent / f"{self.TMP_PREFIX}{uuid.uuid4().hex}"
+                folder = os.path.dirname(final)
+                os.makedirs(folder, exist_ok=True)
+                tmp = os.path.join(folder, f"{self.TMP_PREFIX}{uuid.uuid4().hex}")
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                pending.append((fd, str(tmp), final))
+                pending.append((fd, tmp, final))
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -101,16 +107,16 @@ class LocalBackend(Backend):
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
-    def _publish(self, pending: list[tuple[int, str, Path]]) -> None:
+    def _publish(self, pending: list[tuple[int, str, str]]) -> None:
         """fsync the batch, rename each file into place, fsync their directories; empties it."""
         for fd, _, _ in pending:
             os.fsync(fd)
-        dirs = {self.root}
+        dirs = {str(self.root)}
         while pending:
             fd, tmp, final = pending.pop()
             os.close(fd)
             os.replace(tmp, final)
-            dirs.add(final.parent)
+            dirs.add(os.path.dirname(final))
         for d in dirs:
             _fsync_dir(d)
 
@@ -192,7 +198,7 @@ def backend_for(url: str, **options: Any) -> Backend:
     return FsspecBackend(url, **options)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
