@@ -106,14 +106,14 @@ def log(store: Path | None, history: str | None) -> None:
             refs.setdefault(cid, []).append(branch)
         head_branch, head = repo.meta.head(name)
         table = Table(title=f"history {name}", title_justify="left")
-        for col in ("commit", "refs", "time", "kind", "written", "what"):
+        for col in ("commit", "refs", "time", "kind", "new data", "what"):
             table.add_column(col)
         for c in repo.log(name):
             marks = refs.get(c.id, [])
             if c.id == head:
                 marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
             table.add_row(c.short, ", ".join(marks), when(c.time), c.kind,
-                          size(c.stats.get("bytes_written", 0)), _first_line(c))
+                          size(c.stats.get("bytes_new", 0)), _first_line(c))
         console.print(table)
     if not histories:
         console.print("the store has no commits yet")

@@ -98,10 +98,16 @@ class ComponentWriter:
         self._pending.append((key, memoryview(body)))
         return key
 
-    def flush(self) -> int:
-        """Write every queued chunk the store lacks, durably; return the bytes written."""
+    def take(self, private: bool) -> list[tuple[str, bytes | memoryview]]:
+        """The queued chunks the store lacks, emptying the queue. private: copy those that
+        are views of live objects (user arrays may change while a background writer runs);
+        only new chunks are copied."""
         pending, self._pending = self._pending, []
-        return self.chunks.put_many(pending)
+        new = {k: data for k, data in pending if not self.chunks.has(k)}
+        if private:
+            return [(k, data if isinstance(data.obj, bytes) else bytes(data))
+                    for k, data in new.items()]
+        return list(new.items())
 
     def discard(self) -> None:
         """Forget queued chunks (the commit was abandoned)."""

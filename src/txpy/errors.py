@@ -33,6 +33,10 @@ class StoreBusyError(TxpyError):
     """Another process holds the store's lock for an operation that needs it alone."""
 
 
+class CommitFailedError(TxpyError):
+    """A commit could not be written (e.g. the disk is full); HEAD stays at the last one."""
+
+
 class RestoreError(TxpyError):
     """A committed value cannot be rebuilt here (e.g. a package it needs is missing)."""
 

@@ -161,7 +161,7 @@ class Repository:
         is detached, the commit starts a new branch instead: no one's history is lost.
         """
         body = commit.body()
-        commit = replace(commit, id=chunk_key(body))
+        commit = replace(commit, id=chunk_key(body))  # the caller may know it already
         history = commit.history
         parent = commit.parents[0] if commit.parents else None
         with self.meta.write() as conn:

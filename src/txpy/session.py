@@ -13,21 +13,32 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import env, graph, rng
 from .delta import ComponentWriter, Fingerprint, digest_of, fingerprint
 from .encode import UnpicklableError, decode, encode
-from .errors import RestoreError, TxpyWarning
+from .errors import CommitFailedError, RestoreError, TxpyError, TxpyWarning
 from .model import Commit, Diff, Tree, Unstored
 from .repo import Repository
+from .store.chunks import chunk_key
 
 RNG_NAME = "<random generators>"
 #: sys.getrefcount of an object held only by our `shared` dict while iterating it; more refs
 #: means something in the session still holds it (it is not a pickling temporary).
 _TEMPORARY_REFS = 3
+
+
+@dataclass(frozen=True)
+class _Published:
+    """HEAD as it was before a commit: where the session goes back if writing it fails."""
+
+    head: Commit | None
+    tree: Tree | None
+    branch: str | None
 
 
 @dataclass
@@ -38,6 +49,11 @@ class _Known:
     obj_id: int
     digest: str | None  # None: not stored
     shared: frozenset[int]
+
+
+def with_id(commit: Commit) -> Commit:
+    """commit with its id: the hash of its canonical body."""
+    return replace(commit, id=chunk_key(commit.body()))
 
 
 def default_notify(message: str) -> None:
@@ -57,8 +73,14 @@ class Session:
 
     def __init__(self, store: str | os.PathLike[str] = ".txpy", name: str = "default",
                  namespace: dict[str, Any] | None = None, *, verify: bool | None = None,
-                 ignore: Callable[[str], bool] = is_dunder,
+                 durability: str | None = None, ignore: Callable[[str], bool] = is_dunder,
                  notify: Callable[[str], None] = default_notify):
+        durability = durability or os.environ.get("TXPY_DURABILITY", "sync")
+        if durability not in ("sync", "async"):
+            raise TxpyError(f"durability is 'sync' or 'async', not {durability!r}")
+        self.durability = durability
+        self._pool: ThreadPoolExecutor | None = None
+        self._writing: tuple[Future[None], _Published] | None = None
         self.repo = Repository.open(store, create=True)
         env.warm_up()
         self.name = name
@@ -75,7 +97,12 @@ class Session:
         self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
 
     def close(self) -> None:
-        self.repo.close()
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self.repo.close()
 
     def __enter__(self) -> Session:
         return self
@@ -108,6 +135,7 @@ class Session:
 
         candidates: names the transaction could have read or written; None examines all.
         """
+        self.wait()
         started = time.perf_counter()
         cand = None if candidates is None else set(candidates)
         current = self._tracked()
@@ -129,31 +157,70 @@ class Session:
             if self.verify and cand is not None:
                 self._verify_against(tree)
             return self._head.id
-        with self.repo.writing():
-            written = self._writer.flush()
-            commit = Commit(
-                id="", history=self.name, parents=(self._head.id,) if self._head else (),
-                tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
-                reads=tuple(sorted(cand or ())), writes=(), env=env.fingerprint(),
-                duration=duration,
-                stats={"examined": len(examine), "bytes_written": written,
-                       "commit_seconds": round(time.perf_counter() - started, 6)},
-            )
-            commit, branch = self.repo.new_commit(commit, self._branch)
-        if branch != self._branch and self._head is not None:
-            self.notify(self._branch_message(branch))
-        self._branch, self._head, self._tree = branch, commit, tree
-        self._components.update(staged)
+        background = self.durability == "async"
+        chunks = self._writer.take(private=background)
+        commit = with_id(Commit(
+            id="", history=self.name, parents=(self._head.id,) if self._head else (),
+            tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
+            reads=tuple(sorted(cand or ())), writes=(), env=env.fingerprint(),
+            duration=duration,
+            stats={"examined": len(examine), "bytes_new": sum(len(d) for _, d in chunks),
+                   "commit_seconds": round(time.perf_counter() - started, 6)},
+        ))
+        before = _Published(self._head, self._tree, self._branch)
+        self._head, self._tree = commit, tree
         self._remember(current, examine, prints)
+        if background:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txpy-writer")
+            self._writing = (self._pool.submit(self._publish, commit, chunks, staged, before),
+                             before)
+        else:
+            try:
+                self._publish(commit, chunks, staged, before)
+            except BaseException:
+                self._back_to(before)
+                raise
         if self.verify and cand is not None:
             self._verify_against(tree)
         return commit.id
 
-    def _branch_message(self, branch: str) -> str:
-        if self._branch is None:
-            return (f"HEAD was at older commit {self._head.short}; new commits go on branch "  # type: ignore[union-attr]
+    def _publish(self, commit: Commit, chunks: list[tuple[str, bytes | memoryview]],
+                 staged: dict[tuple[tuple[str, ...], str], str], before: _Published) -> None:
+        """Write a commit's new chunks, then its record and branch move (one SQLite txn)."""
+        with self.repo.writing():
+            self.repo.chunks.put_many(chunks)
+            _, branch = self.repo.new_commit(commit, before.branch)
+        if branch != before.branch and before.head is not None:
+            self.notify(self._branch_message(branch, before))
+        self._branch = branch
+        self._components.update(staged)
+
+    def _back_to(self, before: _Published) -> None:
+        """A commit failed to be written: HEAD is what it was, and nothing examined since is
+        trusted (the next commit examines every name)."""
+        self._head, self._tree, self._branch = before.head, before.tree, before.branch
+        self._known.clear()
+
+    def wait(self) -> None:
+        """Wait for the commit being written in the background (async durability); if it
+        failed, the session goes back to the last written commit and this raises."""
+        pending, self._writing = self._writing, None
+        if pending is None:
+            return
+        future, before = pending
+        try:
+            future.result()
+        except BaseException as e:
+            self._back_to(before)
+            raise CommitFailedError(f"the last commit could not be written ({type(e).__name__}:"
+                                    f" {e}); HEAD is back at the last commit that was") from e
+
+    def _branch_message(self, branch: str, before: _Published) -> str:
+        if before.branch is None:
+            return (f"HEAD was at older commit {before.head.short}; new commits go on branch "  # type: ignore[union-attr]
                     f"{branch!r} (nothing is lost)")
-        return (f"branch {self._branch!r} of history {self.name!r} moved in another process; "
+        return (f"branch {before.branch!r} of history {self.name!r} moved in another process; "
                 f"this session continues on branch {branch!r}")
 
     def _to_examine(self, current: dict[str, Any], cand: set[str] | None) -> set[str]:
@@ -267,6 +334,7 @@ class Session:
 
     def rollback(self, candidates: Iterable[str] | None = None) -> list[str]:
         """Put the namespace back to HEAD; return the names that were restored or removed."""
+        self.wait()
         if self._head is None or self._tree is None:
             raise RestoreError("nothing to roll back to: this history has no commit yet")
         cand = None if candidates is None else set(candidates)
@@ -288,6 +356,7 @@ class Session:
     def checkout(self, ref: str) -> Commit:
         """Make the namespace exactly as at ref (commit id, prefix or branch); the current state
         is committed first, so nothing is lost. Loads only what differs."""
+        self.wait()
         target = self.repo.resolve(self.name, ref)
         self.commit(message=f"before checkout of {ref}", kind="auto")
         branch = ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None
@@ -297,6 +366,7 @@ class Session:
     def restore(self, ref: str | None = None) -> Commit:
         """Bring back a committed state (HEAD by default) into this namespace, e.g. in a new
         process after a crash. Unlike checkout, the current namespace is not committed first."""
+        self.wait()
         target = self.repo.resolve(self.name, ref)
         branch = self._branch if ref is None else (
             ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None)
@@ -357,17 +427,21 @@ class Session:
 
     # --- history -------------------------------------------------------------------------
     def log(self) -> list[Commit]:
+        self.wait()
         return self.repo.log(self.name)
 
     def diff(self, a: str, b: str | None = None) -> Diff:
         """Names added, removed, changed from a to b (b defaults to HEAD)."""
+        self.wait()
         return self.repo.diff(self.repo.resolve(self.name, a), self.repo.resolve(self.name, b))
 
     def branches(self) -> dict[str, str]:
+        self.wait()
         return self.repo.meta.branches(self.name)
 
     def create_branch(self, name: str, ref: str | None = None) -> None:
         """A new branch at ref (HEAD by default); HEAD moves onto it."""
+        self.wait()
         target = self.repo.resolve(self.name, ref)
         self.repo.create_branch(self.name, name, target.id)
         if ref is None or target.id == (self._head.id if self._head else None):
