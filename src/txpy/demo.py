@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -85,9 +86,11 @@ def run(directory: Path | None, console: Console) -> None:
         console.print(f"  back on main: w = {_fmt(ns['w'])}, {len(ns['history'])} epochs")
 
     state = load(store, "demo")
-    console.print(f"\n[bold]txpy.load[/bold] in a fresh dict: names {sorted(state)}; "
+    names = sorted(n for n in state if not n.startswith("__"))
+    console.print(f"\n[bold]txpy.load[/bold] in a fresh dict: names {names}; "
                   f"the restored step() still trains: accuracy {state['step'](0.5):.2f}")
-    console.print(f"\nTry: cd {root} && txpy log && txpy shell HEAD")
+    txpy = Path(sys.executable).with_name("txpy")
+    console.print(f"\nTry: cd {root} && {txpy} log && {txpy} shell HEAD")
 
 
 def _fmt(w: object) -> str:
