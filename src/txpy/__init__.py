@@ -9,12 +9,13 @@ from typing import Any
 
 from . import env
 from .errors import TxpyError, TxpyWarning
+from .frontends.runner import checkpoint
 from .model import Commit, Diff
 from .repo import Repository
 from .session import Session, load_component
 
-__all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "enable", "load",
-           "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "checkpoint", "enable",
+           "load", "load_ipython_extension", "unload_ipython_extension"]
 __version__ = "0.1.0"
 
 

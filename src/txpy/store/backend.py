@@ -9,8 +9,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 
 class Backend(abc.ABC):
     """A flat key → bytes store with atomic, write-once puts."""
@@ -148,6 +146,8 @@ class FsspecBackend(Backend):
     (an object is wholly there or not), which is what write-once chunks and refs need."""
 
     def __init__(self, url: str, **options: Any):
+        import fsspec  # only remotes need it; keeps `txpy` start-up fast
+
         self.fs, self.root = fsspec.core.url_to_fs(url, **options)
         self.root = self.root.rstrip("/")
 
