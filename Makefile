@@ -21,6 +21,8 @@ test: $(PY)
 bench: $(PY)
 	$(PIP) install -q -e '.[test]' torch==2.13.0
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_notebooks.py
+	$(PY) benchmarks/bench_run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
