@@ -374,15 +374,20 @@ print(out)
 """
 
 
+def killed_then_resumed(tmp_path, script, die_at):
+    """(python's run, the resumed txpy run) of a script first killed by SIGKILL at die_at."""
+    python = subprocess.run([sys.executable, script], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert txpy_run(tmp_path, "--commit-interval", "0", script,
+                    die_at=die_at).returncode == -signal.SIGKILL
+    return python, txpy_run(tmp_path, "--commit-interval", "0", script)
+
+
 def test_enumerate_and_zip_of_lists_resume_mid_loop(tmp_path):
     write(tmp_path / "e.py", ENUMERATED.replace(
         "i, (name, score) in enumerate(zip(names, scores.values()), 1)",
         "i, name, score in zip(range(1, 5), names, scores.values())"))
-    python = subprocess.run([sys.executable, "e.py"], cwd=tmp_path, capture_output=True,
-                            text=True)
-    assert txpy_run(tmp_path, "--commit-interval", "0", "e.py",
-                    die_at="i3").returncode == -signal.SIGKILL
-    resumed = txpy_run(tmp_path, "--commit-interval", "0", "e.py")
+    python, resumed = killed_then_resumed(tmp_path, "e.py", die_at="i3")
     assert "/ iteration 2" in resumed.stderr
     assert resumed.stdout == python.stdout
     assert side(tmp_path) == ["i1", "i2", "i3", "i4"] * 2 and resumed.returncode == 0
@@ -492,10 +497,6 @@ print(np.round(walk, 6).tolist())
 
 def test_resumed_numpy_random_stream_matches_an_uninterrupted_run(tmp_path):
     write(tmp_path / "w.py", NUMPY_WALK)
-    python = subprocess.run([sys.executable, "w.py"], cwd=tmp_path, capture_output=True,
-                            text=True)
-    assert txpy_run(tmp_path, "--commit-interval", "0", "w.py",
-                    die_at="s4").returncode == -signal.SIGKILL
-    resumed = txpy_run(tmp_path, "--commit-interval", "0", "w.py")
+    python, resumed = killed_then_resumed(tmp_path, "w.py", die_at="s4")
     assert "/ iteration 4" in resumed.stderr
     assert resumed.stdout == python.stdout
