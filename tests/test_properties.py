@@ -1,0 +1,91 @@
+"""Property tests: whatever the values and their sharing, a restore equals what was committed,
+and a rolled-back transaction leaves the namespace exactly as before it."""
+
+import math
+import shutil
+import tempfile
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import txpy
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8),
+                    st.binary(max_size=8),
+                    st.floats(allow_nan=False).filter(lambda f: not math.isinf(f)))
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    st.tuples(inner, inner)), max_leaves=20)
+names = st.lists(st.from_regex(r"[a-z]{1,6}", fullmatch=True), min_size=1, max_size=6,
+                 unique=True)
+
+
+def _aliases(namespace):
+    """For each pair of names, whether their values are the same object (sharing structure)."""
+    ks = sorted(namespace)
+    return {(a, b): namespace[a] is namespace[b] for a in ks for b in ks if a < b}
+
+
+def _snapshot(namespace):
+    import pickle
+
+    return {k: pickle.dumps(v) for k, v in namespace.items()}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=names, data=st.data())
+def test_restore_equals_commit_with_sharing_kept(names, data):
+    ns = {}
+    for n in names:
+        if ns and data.draw(st.booleans(), label="alias"):
+            ns[n] = ns[data.draw(st.sampled_from(sorted(ns)), label="of")]
+        else:
+            ns[n] = data.draw(st.lists(values, max_size=3), label=n)  # a mutable container
+    root = tempfile.mkdtemp()
+    try:
+        s = txpy.Session(f"{root}/.txpy", "p", ns, notify=lambda m: None)
+        cid = s.commit()
+        state = txpy.load(f"{root}/.txpy", "p", cid)
+        s.close()
+    finally:
+        shutil.rmtree(root)
+    assert {k: v for k, v in state.items() if not k.startswith("__")} == ns
+    assert _aliases({k: state[k] for k in ns}) == _aliases(ns)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(initial=st.dictionaries(st.from_regex(r"[a-z]{1,4}", fullmatch=True),
+                               st.lists(values, max_size=3), min_size=1, max_size=5),
+       data=st.data())
+def test_failed_transaction_leaves_namespace_as_before(initial, data):
+    ns = dict(initial)
+    root = tempfile.mkdtemp()
+    try:
+        s = txpy.Session(f"{root}/.txpy", "p", ns, notify=lambda m: None)
+        s.commit()
+        before = _snapshot(ns)
+        aliases = _aliases(ns)
+        try:
+            with s.transaction():
+                for _ in range(data.draw(st.integers(1, 5), label="steps")):
+                    target = data.draw(st.sampled_from(sorted(ns)), label="target")
+                    action = data.draw(st.sampled_from(["append", "clear", "rebind", "delete",
+                                                        "new"]), label="action")
+                    if action == "append" and isinstance(ns.get(target), list):
+                        ns[target].append(data.draw(values, label="item"))
+                    elif action == "clear" and isinstance(ns.get(target), list):
+                        ns[target].clear()
+                    elif action == "rebind":
+                        ns[target] = data.draw(values, label="value")
+                    elif action == "delete" and len(ns) > 1:
+                        del ns[target]
+                    else:
+                        ns["zz_new"] = [1]
+                raise RuntimeError("the cell fails")
+        except RuntimeError:
+            pass
+        s.close()
+    finally:
+        shutil.rmtree(root)
+    assert _snapshot(ns) == before
+    assert _aliases(ns) == aliases
