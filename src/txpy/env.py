@@ -1,62 +1,43 @@
 """Environment fingerprint of a commit: Python, platform, versions of imported packages.
 
 Recorded so that a restore elsewhere can say which differences matter before it unpickles.
-Versions are looked up once per package per process (importlib.metadata is slow).
+A package's version is its top-level module's ``__version__``: reading it costs nothing,
+whereas mapping modules to installed distributions (importlib.metadata) costs ~0.3 s.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
-import threading
 from importlib import metadata
 from typing import Any
 
-_versions: dict[str, str | None] = {}
-_top_level_to_dist: dict[str, list[str]] = {}
-_scan = threading.Thread(target=lambda: _top_level_to_dist.update(
-    metadata.packages_distributions()), name="txpy-env-scan", daemon=True)
 _imported: tuple[int, dict[str, str]] = (-1, {})
 
 
-def warm_up() -> None:
-    """Start reading installed packages' metadata (~0.3 s) in the background, so the first
-    commit does not wait for it."""
-    if not _scan.is_alive() and not _top_level_to_dist:
-        try:
-            _scan.start()
-        except RuntimeError:  # already started and finished
-            pass
-
-
-def _dists_of(module: str) -> list[str]:
-    warm_up()
-    _scan.join()
-    return _top_level_to_dist.get(module, [])
-
-
 def imported_packages() -> dict[str, str]:
-    """{distribution: version} for every installed distribution with an imported module.
-    Recomputed only when the set of imported modules changes."""
+    """{top-level module: version} for every imported third-party package that declares a
+    ``__version__``. Recomputed only when the set of imported modules changes."""
     global _imported
-    if _imported[0] == len(sys.modules):
-        return _imported[1]
-    count = len(sys.modules)
-    out: dict[str, str] = {}
-    for name in list(sys.modules):
-        if "." in name or name.startswith("_") or name in sys.stdlib_module_names:
-            continue
-        for dist in _dists_of(name):
-            if dist not in _versions:
-                try:
-                    _versions[dist] = metadata.version(dist)
-                except metadata.PackageNotFoundError:
-                    _versions[dist] = None
-            version = _versions[dist]
+    if _imported[0] != len(sys.modules):
+        count = len(sys.modules)
+        out = {}
+        for name, module in list(sys.modules.items()):
+            if "." in name or name.startswith("_") or name in sys.stdlib_module_names:
+                continue
+            version = _declared_version(module)
             if version:
-                out[dist] = version
-    _imported = (count, dict(sorted(out.items())))
+                out[name] = version
+        _imported = (count, dict(sorted(out.items())))
     return _imported[1]
+
+
+def _declared_version(module: Any) -> str:
+    """A module's own ``__version__`` string, read from its dict: some packages serve it
+    through a deprecated module ``__getattr__`` that warns."""
+    version = getattr(module, "__dict__", {}).get("__version__")
+    return version if isinstance(version, str) else ""
 
 
 def fingerprint() -> dict[str, Any]:
@@ -65,6 +46,23 @@ def fingerprint() -> dict[str, Any]:
         "platform": f"{platform.system()}-{platform.machine()}",
         "packages": imported_packages(),
     }
+
+
+def _version_here(module: str) -> str | None:
+    """The version of module installed here; None if absent, "" if unknown without importing
+    it (then it is not compared)."""
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return _declared_version(loaded)
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def mismatches(recorded: dict[str, Any]) -> list[str]:
@@ -77,12 +75,10 @@ def mismatches(recorded: dict[str, Any]) -> list[str]:
         out.append(f"python {py_now} here, {py_then} at commit")
     if recorded.get("platform") and recorded["platform"] != here["platform"]:
         out.append(f"platform {here['platform']} here, {recorded['platform']} at commit")
-    for dist, version in recorded.get("packages", {}).items():
-        try:
-            now = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out.append(f"{dist} {version} at commit, not installed here")
-            continue
-        if now != version:
-            out.append(f"{dist} {now} here, {version} at commit")
+    for module, version in recorded.get("packages", {}).items():
+        now = _version_here(module)
+        if now is None:
+            out.append(f"{module} {version} at commit, not installed here")
+        elif now and now != version:
+            out.append(f"{module} {now} here, {version} at commit")
     return out

@@ -82,7 +82,6 @@ class Session:
         self._pool: ThreadPoolExecutor | None = None
         self._writing: tuple[Future[None], _Published] | None = None
         self.repo = Repository.open(store, create=True)
-        env.warm_up()
         self.name = name
         self.namespace: dict[str, Any] = {} if namespace is None else namespace
         self.verify = os.environ.get("TXPY_VERIFY") == "1" if verify is None else verify

@@ -40,7 +40,6 @@ import linecache
 import operator
 import os
 import sys
-import threading
 import time
 import tokenize
 import types
@@ -50,7 +49,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import env
 from ..errors import TxpyError, TxpyWarning
 from ..model import Tree
 from ..repo import STORE_DIR, find_store
@@ -874,9 +872,6 @@ def run(script: str | os.PathLike[str], args: Iterable[str] = (), *,
             ledger.checkpoints = {}
         runner.has_base = start is not None
         ledger.save()  # a --fresh or edited run that dies early must not resume the old one
-        # the first commit's environment fingerprint reads every installed package's metadata
-        # (~0.4 s): do it while the program's first statements run
-        threading.Thread(target=_warm_up, daemon=True).start()
         _current = runner
         try:
             runner.run(start)
@@ -892,13 +887,6 @@ def run(script: str | os.PathLike[str], args: Iterable[str] = (), *,
         sys.path[:] = saved[1]
         if saved[2] is not None:
             sys.modules["__main__"] = saved[2]
-
-
-def _warm_up() -> None:
-    try:
-        env.fingerprint()
-    except Exception:  # only a warm-up: the commit computes it again and reports errors
-        pass
 
 
 def _rollback(runner: Runner) -> list[str] | None:
