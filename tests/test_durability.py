@@ -101,7 +101,7 @@ def test_fsck_names_the_commit_and_variable_a_damaged_chunk_affects(store):
     s, cid = _commit_sample(store)
     tree = s.repo.tree(s.repo.commit(cid))
     manifest = s.repo.manifest(tree.components["x"])
-    path = store / "objects" / manifest.stream[0][:2] / manifest.stream[0][2:]
+    path = s.repo.chunks.backend.path(manifest.stream[0])
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -19,6 +19,7 @@ from txpy import env
 from txpy.errors import CorruptStoreError, RemoteError, UntrustedError
 from txpy.remote import Remote, get_remote, pull, push
 from txpy.repo import Repository
+from txpy.store.backend import LocalBackend
 
 TXPY = str(Path(sys.executable).with_name("txpy"))
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -229,7 +230,7 @@ def test_tampered_chunk_on_the_remote_is_refused(tmp_path):
 
 def test_tampered_commit_record_on_the_remote_is_refused(tmp_path):
     url, remote_dir, cid = _pushed(tmp_path)
-    record_path = remote_dir / "commits" / cid[:2] / cid[2:]
+    record_path = LocalBackend(remote_dir / "commits").path(cid)
     record = json.loads(record_path.read_text())
     record["body"] = record["body"].replace('"api"', '"cell"')
     record_path.write_text(json.dumps(record))

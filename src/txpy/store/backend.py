@@ -39,11 +39,12 @@ class Backend(abc.ABC):
 
 
 class LocalBackend(Backend):
-    """A directory, fanned out by the first two characters of each key (like git's objects/).
+    """A flat directory, one file per key.
 
-    A put writes a temp file, fsyncs it, renames it into place, then fsyncs the directories, so
+    A put writes a temp file, fsyncs it, renames it into place, then fsyncs the directory, so
     a crash leaves either the whole file or none of it. Files are fsynced in batches after
-    their writes were issued, which lets the kernel coalesce the flushes.
+    their writes were issued, which lets the kernel coalesce the flushes; being flat (no
+    fan-out like git's objects/ab/…), a batch costs one directory fsync, not one per file.
     """
 
     TMP_PREFIX = ".tmp-"
@@ -59,7 +60,7 @@ class LocalBackend(Backend):
 
     def _file(self, key: str) -> str:
         """The file of key, as a plain string: pathlib costs ~10 µs a call on hot paths."""
-        return f"{self._prefix}{key[:2]}{os.sep}{key[2:]}"
+        return self._prefix + key
 
     def get(self, key: str) -> bytes:
         with open(self._file(key), "rb") as f:
@@ -76,9 +77,7 @@ class LocalBackend(Backend):
                 final = self._file(key)
                 if os.path.exists(final):
                     continue
-                folder = os.path.dirname(final)
-                os.makedirs(folder, exist_ok=True)
-                tmp = os.path.join(folder, f"{self.TMP_PREFIX}{uuid.uuid4().hex}")
+                tmp = f"{self._prefix}{self.TMP_PREFIX}{uuid.uuid4().hex}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 pending.append((fd, tmp, final))
                 view = memoryview(data)
@@ -95,38 +94,31 @@ class LocalBackend(Backend):
         return written
 
     def replace(self, key: str, data: bytes) -> None:
-        final = self.path(key)
-        final.parent.mkdir(exist_ok=True)
-        tmp = final.parent / f"{self.TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp = f"{self._prefix}{self.TMP_PREFIX}{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        os.replace(tmp, self._file(key))
+        _fsync_dir(self.root)
 
     def _publish(self, pending: list[tuple[int, str, str]]) -> None:
         """fsync the batch, rename each file into place, fsync their directories; empties it."""
         for fd, _, _ in pending:
             os.fsync(fd)
-        dirs = {str(self.root)}
         while pending:
             fd, tmp, final = pending.pop()
             os.close(fd)
             os.replace(tmp, final)
-            dirs.add(os.path.dirname(final))
-        for d in dirs:
-            _fsync_dir(d)
+        _fsync_dir(self.root)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
     def keys(self) -> Iterator[str]:
-        for sub in sorted(self.root.iterdir()):
-            if sub.is_dir() and len(sub.name) == 2:
-                for f in sub.iterdir():
-                    if not f.name.startswith(self.TMP_PREFIX):
-                        yield sub.name + f.name
+        for name in os.listdir(self.root):
+            if not name.startswith(self.TMP_PREFIX):
+                yield name
 
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
@@ -135,7 +127,7 @@ class LocalBackend(Backend):
         """Delete temp files left by writers that crashed mid-put; only safe under the store's
         exclusive lock. Returns how many were removed."""
         removed = 0
-        for tmp in self.root.glob(f"*/{self.TMP_PREFIX}*"):
+        for tmp in self.root.glob(f"{self.TMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)
             removed += 1
         return removed
