@@ -250,3 +250,16 @@ def test_enable_is_load_ext(ip):
     assert getipython.get_ipython() is ip
     ext = txpy.enable()
     assert front.extension(ip) is ext and txpy.enable() is ext
+
+
+def test_async_durability_from_the_magic(ip, capsys):
+    run(ip, "%load_ext txpy")
+    run(ip, "%txpy durability async")
+    assert "durability: async" in capsys.readouterr().out
+    run(ip, "xs = [1, 2]")
+    run(ip, "xs.append(3); 1/0")
+    assert ip.user_ns["xs"] == [1, 2]
+    run(ip, "%txpy durability fast")
+    assert "sync" in "".join(txpy_lines(capsys))
+    run(ip, "%txpy status")
+    assert "durability async" in capsys.readouterr().out

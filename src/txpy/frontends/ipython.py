@@ -36,7 +36,7 @@ SWEEP_EVERY = 50
 _IPYTHON_NAME = re.compile(r"_(i{1,3}|i\d+|\d+|oh|ih|dh|exit_code|sh)?|__|___|In|Out|exit|quit|"
                            r"get_ipython")
 _USAGE = ("usage: %txpy restore [COMMIT] | log | diff A [B] | checkout COMMIT|BRANCH | "
-          "branch [NAME] | status | off | on | session NAME")
+          "branch [NAME] | status | off | on | session NAME | durability sync|async")
 
 
 def notify(message: str) -> None:
@@ -364,7 +364,8 @@ class TxpyMagics(Magics):
         print(f"history: {s.name}" + ("" if ext.lease and ext.lease.held
                                       else " (shared with another kernel)"))
         print(f"branch:  {s.branch or '(detached)'}")
-        print(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}")
+        print(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}, "
+              f"durability {s.durability}")
         h = s.head
         print(f"last commit: {h.short} {when(h.time)} {h.kind}" if h else "last commit: none")
         if ext._fresh is not None and h is not None:
@@ -385,6 +386,15 @@ class TxpyMagics(Magics):
         if ext._fresh is None:
             ext._commit(None, kind="auto", message="txpy on", code=None)
         print("txpy is on")
+
+    def _do_durability(self, level: str) -> None:
+        s = self.session
+        if level not in ("sync", "async"):
+            raise TxpyError("durability is sync (a cell returns once its commit is on disk) or "
+                            "async (the commit is written while the next cell runs)")
+        s.wait()
+        s.durability = level
+        print(f"durability: {level}")
 
     def _do_session(self, name: str) -> None:
         self.ext.attach(name)
