@@ -263,3 +263,11 @@ def test_async_durability_from_the_magic(ip, capsys):
     assert "sync" in "".join(txpy_lines(capsys))
     run(ip, "%txpy status")
     assert "durability async" in capsys.readouterr().out
+
+
+def test_history_is_named_after_the_notebook_jupyter_reports(ip, capsys, monkeypatch, tmp_path):
+    (tmp_path / "work").mkdir()
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "work" / "churn.ipynb"))
+    run(ip, "%load_ext txpy")
+    run(ip, "a = 1")
+    assert front.extension(ip).session.name == "work/churn.ipynb"
