@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 _imported: tuple[int, dict[str, str]] = (-1, {})
@@ -59,6 +58,8 @@ def _version_here(module: str) -> str | None:
             return None
     except (ImportError, ValueError):
         return None
+    from importlib import metadata  # ~60 ms to import: only when comparing environments
+
     try:
         return metadata.version(module)
     except metadata.PackageNotFoundError:
