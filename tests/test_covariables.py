@@ -47,3 +47,26 @@ def test_a_cell_that_creates_sharing_merges_components(session, store):
     assert ["a", "b"] in _components(session)
     state = txpy.load(store, "t", c)
     assert state["b"]["k"] is state["a"]
+
+
+def test_pickling_temporaries_are_not_remembered_as_shared():
+    from txpy.session import persistent_ids
+
+    temporaries = []
+
+    class Odd:
+        def __init__(self, payload):
+            self.payload = payload
+
+        def __reduce__(self):  # a fresh list each time: a temporary of the pickler
+            args = [self.payload]
+            temporaries.append(id(args))
+            return Odd, (args,)
+
+    kept = [1]
+    value = Odd(kept)
+    shared = encode.encode(value, {}, collect_shared=True).shared
+    assert temporaries[0] in shared
+    ids = persistent_ids(shared)
+    assert id(value) in ids and id(kept) in ids and temporaries[0] not in ids
+    assert shared == {}

@@ -27,9 +27,6 @@ from .repo import Repository
 from .store.chunks import chunk_key
 
 RNG_NAME = "<random generators>"
-#: sys.getrefcount of an object held only by our `shared` dict while iterating it; more refs
-#: means something in the session still holds it (it is not a pickling temporary).
-_TEMPORARY_REFS = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,28 @@ class _Known:
     obj_id: int
     digest: str | None  # None: not stored
     shared: frozenset[int]
+
+
+def persistent_ids(shared: dict[int, Any]) -> frozenset[int]:
+    """The ids of objects in shared that outlive it, emptying it.
+
+    A pickler's memo also holds temporaries its reducers made (state dicts, argument lists);
+    once the memo is gone, only `shared` holds those. Their ids will be reused by new objects,
+    so remembering them would join unrelated names later.
+    """
+    while True:  # until a pass frees nothing: a temporary may hold other temporaries
+        survivors = {}
+        freed = False
+        for i in list(shared):
+            obj = shared.pop(i)
+            if sys.getrefcount(obj) > 2:  # more than `obj` and the call's argument
+                survivors[i] = obj
+            else:
+                freed = True
+            del obj
+        if not freed:
+            return frozenset(survivors)
+        shared = survivors
 
 
 def with_id(commit: Commit) -> Commit:
@@ -302,9 +321,7 @@ class Session:
             if fp is None:
                 self._known[n] = _Known(id(current[n]), None, frozenset())
                 continue
-            shared = frozenset(i for i, o in fp.encoded.shared.items()
-                               if sys.getrefcount(o) > _TEMPORARY_REFS) | fp.encoded.storages
-            fp.encoded.shared.clear()
+            shared = persistent_ids(fp.encoded.shared) | fp.encoded.storages
             self._known[n] = _Known(id(current[n]), fp.digest, shared)
 
     def _verify_against(self, tree: Tree) -> None:
