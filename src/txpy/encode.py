@@ -29,6 +29,9 @@ from . import graph
 from .errors import RestoreError
 
 _loading = threading.local()
+#: Buffers smaller than this are pickled in band: each out-of-band buffer is at least one
+#: chunk file (and one fsync) per change, which dominates for a model's biases and scalars.
+IN_BAND_BELOW = 64 << 10
 #: Pickles up to this size report shared objects from the pickler's memo (exact); bigger ones
 #: from a walk of the object graph (copying a memo of millions of objects costs seconds).
 MEMO_LIMIT = 1 << 20
@@ -71,7 +74,7 @@ class _StatePickler(cloudpickle.Pickler):
     """cloudpickle's C pickler plus namespace-aware functions and out-of-band torch tensors."""
 
     def __init__(self, file: io.BytesIO, namespace: Mapping[str, Any] | None,
-                 buffer_callback: Callable[[pickle.PickleBuffer], None]):
+                 buffer_callback: Callable[[pickle.PickleBuffer], bool]):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self._namespace = namespace
         self._storages: dict[tuple[int, int], _StorageHolder] = {}
@@ -235,7 +238,14 @@ def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: b
 def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: bool) -> Encoded:
     out = io.BytesIO()
     buffers: list[memoryview] = []
-    pickler = _StatePickler(out, namespace, lambda b: buffers.append(b.raw()))
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < IN_BAND_BELOW:
+            return True  # small: in the stream, so a commit writes a few files, not dozens
+        buffers.append(raw)
+        return False
+
+    pickler = _StatePickler(out, namespace, out_of_band)
     try:
         pickler.dump(value)
     except RecursionError:
