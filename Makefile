@@ -19,7 +19,7 @@ test: $(PY)
 	$(PY) -m pytest
 
 bench: $(PY)
-	$(PIP) install -q -e '.[test]' torch==2.13.0
+	$(PIP) install -q -e '.[test,bench]' torch==2.13.0
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_notebooks.py
 	$(PY) benchmarks/bench_run.py
