@@ -10,7 +10,6 @@ import gc
 import pickle
 import sys
 import types
-import warnings
 from collections.abc import Iterable, Mapping
 from itertools import compress
 from typing import Any
@@ -59,14 +58,17 @@ def _scan_module(name: str, module: Any) -> None:
         attrs = vars(module)
     except TypeError:
         return
+    values = list(attrs.values())
     objects = _library_objects
     objects[id(attrs)] = attrs
-    with warnings.catch_warnings():  # some libraries warn on deprecated attributes
-        warnings.simplefilter("ignore")
-        for value in list(attrs.values()):
-            objects[id(value)] = value
-            if isinstance(value, type) and getattr(value, "__module__", None) == name:
-                objects.update((id(v), v) for v in list(vars(value).values()))
+    objects.update(zip(map(id, values), values, strict=True))
+    for value in values:
+        if issubclass(type(value), type):  # not isinstance: it reads __class__, which can warn
+            # type.__getattribute__ skips metaclass hooks (some warn on attribute access)
+            namespace = type.__getattribute__(value, "__dict__")
+            if namespace.get("__module__") == name:
+                members = list(namespace.values())
+                objects.update(zip(map(id, members), members, strict=True))
 
 
 def _foreign_function(obj: Any, namespace: Mapping[str, Any] | None) -> bool:
