@@ -28,14 +28,17 @@ from pathlib import Path
 
 from txpy import Repository
 
-SKLEARN = """\
+DATA = """\
 import numpy as np
-from sklearn.linear_model import SGDClassifier
 rng = np.random.default_rng(0)
 n, d = {n}, 100
 X = rng.standard_normal((n, d))
 w_true = rng.standard_normal(d)
-y = (X @ w_true + 0.5 * rng.standard_normal(n) > 0).astype(int)
+y = (X @ w_true + 0.5 * rng.standard_normal(n) > 0).astype({label})
+"""
+
+SKLEARN = DATA.replace("{label}", "int") + """\
+from sklearn.linear_model import SGDClassifier
 clf = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
 scores = []
 for epoch in range({epochs}):
@@ -45,13 +48,7 @@ for epoch in range({epochs}):
 print("accuracy", round(scores[-1], 4))
 """
 
-NUMPY_LOGREG = """\
-import numpy as np
-rng = np.random.default_rng(0)
-n, d = {n}, 100
-X = rng.standard_normal((n, d))
-w_true = rng.standard_normal(d)
-y = (X @ w_true + 0.5 * rng.standard_normal(n) > 0).astype(float)
+NUMPY_LOGREG = DATA.replace("{label}", "float") + """\
 w = np.zeros(d)
 b = 0.0
 lr, alpha = 0.1, 1e-4
