@@ -60,3 +60,23 @@ def test_a_failed_background_write_is_reported_and_nothing_is_lost(asession, sto
     c3 = asession.commit()  # the next commit retries and includes the change
     asession.wait()
     assert c3 != c1 and txpy.load(store, "a")["a"] == [1, 2]
+
+
+def test_a_commit_encoded_during_a_failing_write_is_abandoned_then_redone(asession, store,
+                                                                          monkeypatch):
+    ns = asession.namespace
+    ns["a"] = [1]
+    asession.commit()
+    asession.wait()
+    monkeypatch.setattr(asession.repo.chunks, "put_many",
+                        lambda chunks: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    ns["a"].append(2)
+    asession.commit()          # written in the background: fails
+    ns["b"] = "next cell"
+    with pytest.raises(CommitFailedError, match="I/O error"):
+        asession.commit()      # encoded meanwhile; abandoned when the write it follows fails
+    monkeypatch.undo()
+    asession.commit()
+    asession.wait()
+    state = txpy.load(store, "a")
+    assert state["a"] == [1, 2] and state["b"] == "next cell"

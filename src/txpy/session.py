@@ -152,8 +152,9 @@ class Session:
         """Store the namespace's state; return the commit id (HEAD's if nothing changed).
 
         candidates: names the transaction could have read or written; None examines all.
+        With async durability, this commit is encoded while the previous one is still being
+        written; it waits for that write only before publishing itself.
         """
-        self.wait()
         started = time.perf_counter()
         cand = None if candidates is None else set(candidates)
         current = self._tracked()
@@ -175,6 +176,11 @@ class Session:
             if self.verify and cand is not None:
                 self._verify_against(tree)
             return self._head.id
+        try:
+            self.wait()
+        except BaseException:
+            self._writer.discard()
+            raise
         background = self.durability == "async"
         chunks = self._writer.take(private=background)
         commit = with_id(Commit(
