@@ -230,3 +230,17 @@ def test_store_from_a_newer_version_is_refused(session, store):
     session.repo.meta.conn.execute("UPDATE info SET value='99' WHERE key='format'")
     with pytest.raises(TxpyError, match="newer txpy"):
         txpy.load(store, "t")
+
+
+def test_big_writes_and_loads_are_announced(store, monkeypatch):
+    import txpy.session
+
+    monkeypatch.setattr(txpy.session, "ANNOUNCE_BYTES", 1_000_000)
+    said: list[str] = []
+    ns = {"big": np.random.default_rng(0).random(500_000)}  # 4 MB
+    s = txpy.Session(store, "a", ns, notify=said.append)
+    c1 = s.commit()
+    ns["big"] = np.zeros(10)
+    s.commit()
+    s.checkout(c1)
+    assert said[0].startswith("writing 3.8 MB") and said[-1].startswith("loading 3.8 MB")

@@ -22,11 +22,14 @@ from . import env, graph, rng
 from .delta import ComponentWriter, Fingerprint, digest_of, fingerprint
 from .encode import UnpicklableError, decode, encode
 from .errors import CommitFailedError, RestoreError, TxpyError, TxpyWarning
-from .model import Commit, Diff, Tree, Unstored
+from .humanize import size
+from .model import Commit, ComponentManifest, Diff, Tree, Unstored
 from .repo import Repository
 from .store.chunks import chunk_key
 
 RNG_NAME = "<random generators>"
+#: Loads and writes at least this big are announced (a pause of about a second or more here).
+ANNOUNCE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -183,12 +186,15 @@ class Session:
             raise
         background = self.durability == "async"
         chunks = self._writer.take(private=background)
+        new_bytes = sum(len(d) for _, d in chunks)
+        if not background:
+            self._announce("writing", new_bytes)
         commit = with_id(Commit(
             id="", history=self.name, parents=(self._head.id,) if self._head else (),
             tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
             reads=tuple(sorted(cand or ())), writes=(), env=env.fingerprint(),
             duration=duration,
-            stats={"examined": len(examine), "bytes_new": sum(len(d) for _, d in chunks),
+            stats={"examined": len(examine), "bytes_new": new_bytes,
                    "commit_seconds": round(time.perf_counter() - started, 6)},
         ))
         before = _Published(self._head, self._tree, self._branch)
@@ -418,9 +424,11 @@ class Session:
     def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> None:
         """Rebind names to their values in tree (whole components), delete names tree lacks."""
         keys = {tree.components[n] for n in names if n in tree.components}
+        manifests = [self.repo.manifest(key) for key in keys]
+        self._announce("loading", sum(b.nbytes for m in manifests for b in m.buffers))
         loaded: dict[str, Any] = {}
-        for key in keys:
-            loaded.update(self._load_component(key, self.namespace))
+        for manifest in manifests:
+            loaded.update(load_manifest(self.repo, manifest, self.namespace))
         lost = []
         for n in names | loaded.keys():
             if n in loaded:
@@ -440,12 +448,14 @@ class Session:
             self.notify("not restored (were never stored): " + ", ".join(
                 f"{n} ({tree.unstored[n].type_name})" for n in sorted(lost)))
 
-    def _load_component(self, key: str, namespace: dict[str, Any]) -> dict[str, Any]:
-        return load_component(self.repo, key, namespace)
-
     def _restore_rng(self, tree: Tree) -> None:
         if tree.rng:
-            rng.restore(self._load_component(tree.rng, {})[RNG_NAME])
+            rng.restore(load_component(self.repo, tree.rng, {})[RNG_NAME])
+
+    def _announce(self, verb: str, nbytes: int) -> None:
+        """Say so before work on big data, so that a long pause is explained."""
+        if nbytes >= ANNOUNCE_BYTES:
+            self.notify(f"{verb} {size(nbytes)}…")
 
     # --- history -------------------------------------------------------------------------
     def log(self) -> list[Commit]:
@@ -473,7 +483,12 @@ class Session:
 
 def load_component(repo: Repository, key: str, namespace: dict[str, Any]) -> dict[str, Any]:
     """Decode one stored component into {name: value}; functions get namespace as globals."""
-    manifest = repo.manifest(key)
+    return load_manifest(repo, repo.manifest(key), namespace)
+
+
+def load_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """Decode the component a manifest describes (see load_component)."""
     stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
     buffers: list[Any] = []
     for ref in manifest.buffers:
