@@ -269,3 +269,31 @@ def test_missing_package_is_a_clear_error_naming_the_variable(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     with pytest.raises(txpy.TxpyError, match="cannot restore thing: needs the package 'fakepkg'"):
         txpy.load(tmp_path / ".txpy", "h")
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_two_pushes_racing_from_the_same_ref_version_cannot_both_win(tmp_path, kind, request):
+    if kind == "file":
+        url, options = (tmp_path / "remote").as_uri(), {}
+    else:
+        url, endpoint = request.getfixturevalue("bucket")
+        options = {"client_kwargs": {"endpoint_url": endpoint}}
+    a = txpy.Session(tmp_path / "a" / ".txpy", "h", {"v": 0}, notify=lambda m: None)
+    a.commit()
+    push(a.repo, Remote(url, options))
+    b = Repository.open(tmp_path / "b" / ".txpy", create=True)
+    pull(b, Remote(url, options), "origin", trust=True)
+    b.close()
+    b = txpy.Session(tmp_path / "b" / ".txpy", "h", {}, notify=lambda m: None)
+    b.restore()
+    seen_by_b = Remote(url, options).read_refs()  # b reads the ref ...
+    a.namespace["v"] = 1
+    a.commit()
+    push(a.repo, Remote(url, options))           # ... a pushes in between ...
+    b.namespace["v"] = 2
+    b.commit()
+    late = Remote(url, options)
+    late.read_refs = lambda: seen_by_b            # ... and b pushes from what it had read
+    with pytest.raises(RemoteError, match="meanwhile"):
+        push(b.repo, late)
+    assert Remote(url, options).read_refs()[("h", "main")].commit == a.head.id

@@ -5,12 +5,14 @@ target), no database file::
 
     objects/ab/cdef…        chunks, exactly as in a local store (verified by hash on arrival)
     commits/ab/cdef…        commit records: JSON {history, time, body, sig, signer}
-    refs/ab/cdef…           one per (history, branch): JSON {history, branch, commit}
+    refs/ab/cdef….N         version N of a (history, branch): JSON {history, branch, commit}
 
 Writes go in dependency order — chunks, then commit records, then refs — so a push killed at
 any point leaves the remote valid (re-running it completes it), and a pull writes chunks, then
 commits in one SQLite transaction, then branches. A ref update that would drop commits pushed
-by someone else is refused, like git's non-fast-forward push.
+by someone else is refused, like git's non-fast-forward push. Refs are never overwritten: a
+push creates version N+1 of the ref it read at version N, with a create-only write, so of two
+pushers racing from the same version exactly one wins and the other is told to pull.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 def _ref_key(history: str, branch: str) -> str:
     return chunk_key(json.dumps([history, branch]).encode())
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """A ref on a remote: the commit it names, and its version (how many moves it had)."""
+
+    commit: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -59,16 +69,27 @@ class Remote:
             raise RemoteError(f"cannot use remote {url}: {e}") from None
         self.chunks = ChunkStore(self.objects)
 
-    def read_refs(self) -> dict[tuple[str, str], str]:
-        out = {}
+    def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
+        """The newest version of every ref."""
+        newest: dict[str, tuple[int, str]] = {}
         for key in self.refs.keys():
+            ref, _, version = key.rpartition(".")
+            if version.isdigit() and int(version) > newest.get(ref, (-1, ""))[0]:
+                newest[ref] = (int(version), key)
+        out = {}
+        for version, key in newest.values():
             rec = json.loads(self.refs.get(key))
-            out[(rec["history"], rec["branch"])] = rec["commit"]
+            out[(rec["history"], rec["branch"])] = RemoteRef(rec["commit"], version)
         return out
 
-    def write_ref(self, history: str, branch: str, commit_id: str) -> None:
+    def write_ref(self, history: str, branch: str, commit_id: str, after: RemoteRef | None
+                  ) -> None:
+        """Move a ref from the version `after` (None: it does not exist yet) to commit_id."""
         body = json.dumps({"history": history, "branch": branch, "commit": commit_id})
-        self.refs.replace(_ref_key(history, branch), body.encode())
+        version = after.version + 1 if after else 0
+        if not self.refs.create(f"{_ref_key(history, branch)}.{version:012d}", body.encode()):
+            raise RemoteError(f"someone pushed to branch {branch!r} of {history!r} meanwhile; "
+                              "run `txpy pull` first, then push again")
 
     def read_commit(self, commit_id: str) -> dict[str, Any]:
         try:
@@ -114,10 +135,10 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
     for history in histories or repo.histories():
         for branch, cid in repo.meta.branches(history).items():
             theirs = remote_refs.get((history, branch))
-            if theirs == cid:
+            if theirs is not None and theirs.commit == cid:
                 continue
             ours = _ancestors(repo, cid)
-            if theirs is not None and theirs not in ours:
+            if theirs is not None and theirs.commit not in ours:
                 raise RemoteError(
                     f"the remote's branch {branch!r} of {history!r} has commits this store does "
                     f"not have (someone else pushed); run `txpy pull` first, then push again")
@@ -143,7 +164,7 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
                              "body": body.decode(), "sig": sig, "signer": signer}).encode()
         sent += remote.commits.put_many([(cid, record)])
     for history, branch, cid in updates:
-        remote.write_ref(history, branch, cid)
+        remote.write_ref(history, branch, cid, remote_refs.get((history, branch)))
     return TransferStats(len(to_send), len(missing), sent,
                          tuple(f"{h}/{b}" for h, b, _ in updates))
 
@@ -154,7 +175,7 @@ def pull(repo: Repository, remote: Remote, remote_name: str, *, trust: bool = Fa
     key; with trust=True the remote's signers become trusted), then their chunks (verified by
     hash), then record them and move branches: a branch missing here is created, one behind
     is fast-forwarded, a diverged one is left alone with ``REMOTE/BRANCH`` beside it."""
-    remote_refs = remote.read_refs()
+    remote_refs = {ref: r.commit for ref, r in remote.read_refs().items()}
     records: dict[str, dict[str, Any]] = {}
     stack = list(remote_refs.values())
     trusted = repo.trusted_keys()

@@ -22,8 +22,9 @@ class Backend(abc.ABC):
         """Write every (key, data) durably and atomically; return the bytes written."""
 
     @abc.abstractmethod
-    def replace(self, key: str, data: bytes) -> None:
-        """Write a mutable record (a ref) atomically, replacing what was there."""
+    def create(self, key: str, data: bytes) -> bool:
+        """Write key only if it is absent, atomically even against other writers (the one
+        compare-and-swap remotes need); False if it was already there."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -93,14 +94,20 @@ class LocalBackend(Backend):
                 os.unlink(tmp)
         return written
 
-    def replace(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes) -> bool:
         tmp = f"{self._prefix}{self.TMP_PREFIX}{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._file(key))
+        try:
+            os.link(tmp, self._file(key))  # fails if the name exists: no one is overwritten
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
         _fsync_dir(self.root)
+        return True
 
     def _publish(self, pending: list[tuple[int, str, str]]) -> None:
         """fsync the batch, rename each file into place, fsync their directories; empties it."""
@@ -156,8 +163,12 @@ class FsspecBackend(Backend):
             written += len(data)
         return written
 
-    def replace(self, key: str, data: bytes) -> None:
-        self.fs.pipe_file(self.path(key), data)
+    def create(self, key: str, data: bytes) -> bool:
+        try:  # S3: a conditional put (If-None-Match: *)
+            self.fs.pipe_file(self.path(key), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
 
     def exists(self, key: str) -> bool:
         self.fs.invalidate_cache(self.path(key))
