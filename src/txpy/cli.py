@@ -81,6 +81,18 @@ def _looks_like_id(ref: str) -> bool:
     return len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower())
 
 
+def _changes(repo: Repository, commit: Commit, most: int = 4) -> str:
+    """'+new ~changed -gone' names against the first parent (everything new for a root)."""
+    if commit.parents:
+        d = repo.diff(repo.commit(commit.parents[0]), commit)
+        marked = ([f"+{n}" for n in d.added] + [f"~{n}" for n in d.changed]
+                  + [f"-{n}" for n in d.removed])
+    else:
+        marked = [f"+{n}" for n in sorted(repo.tree(commit).names)]
+    shown = " ".join(marked[:most])
+    return shown + (f" (+{len(marked) - most} more)" if len(marked) > most else "")
+
+
 def _first_line(commit: Commit) -> str:
     text = commit.message or (commit.code or "").strip()
     line = text.splitlines()[0] if text else ""
@@ -106,14 +118,16 @@ def log(store: Path | None, history: str | None) -> None:
             refs.setdefault(cid, []).append(branch)
         head_branch, head = repo.meta.head(name)
         table = Table(title=f"history {name}", title_justify="left")
-        for col in ("commit", "refs", "time", "kind", "new data", "what"):
-            table.add_column(col)
+        for col in ("commit", "refs", "time", "kind", "new data"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("names")
+        table.add_column("what", overflow="ellipsis")
         for c in repo.log(name):
             marks = refs.get(c.id, [])
             if c.id == head:
                 marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
             table.add_row(c.short, ", ".join(marks), when(c.time), c.kind,
-                          size(c.stats.get("bytes_new", 0)), _first_line(c))
+                          size(c.stats.get("bytes_new", 0)), _changes(repo, c), _first_line(c))
         console.print(table)
     if not histories:
         console.print("the store has no commits yet")

@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS remotes (name TEXT PRIMARY KEY, url TEXT NOT NULL,
 """
 
 
+REQUIRED_TABLES = frozenset({"info", "commits", "refs", "heads", "trusted_keys", "remotes"})
+
+
 class MetaDB:
     """Thin, typed access to the metadata tables; no policy lives here."""
 
@@ -55,6 +58,11 @@ class MetaDB:
         row = self.conn.execute("SELECT value FROM info WHERE key='format'").fetchone()
         if row is None:
             raise CorruptStoreError(f"{self.path} has no format record")
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
+        missing = REQUIRED_TABLES - tables
+        if missing and int(row[0]) <= FORMAT_VERSION:
+            raise CorruptStoreError(f"{self.path} lacks the tables {', '.join(sorted(missing))}:"
+                                    " damaged, or made by a development build of txpy")
         if int(row[0]) > FORMAT_VERSION:
             raise StoreVersionError(
                 f"this store has format {row[0]}, written by a newer txpy; this txpy reads format "
