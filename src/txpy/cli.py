@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -117,16 +118,17 @@ def log(store: Path | None, history: str | None) -> None:
         for branch, cid in repo.meta.branches(name).items():
             refs.setdefault(cid, []).append(branch)
         head_branch, head = repo.meta.head(name)
-        table = Table(title=f"history {name}", title_justify="left")
+        table = Table(title=f"history {name}", title_justify="left", box=box.SIMPLE_HEAD,
+                      padding=(0, 1))
         for col in ("commit", "refs", "time", "kind", "new data"):
             table.add_column(col, no_wrap=True)
-        table.add_column("names")
-        table.add_column("what", overflow="ellipsis")
+        table.add_column("names", ratio=1)
+        table.add_column("what", overflow="ellipsis", ratio=1)
         for c in repo.log(name):
             marks = refs.get(c.id, [])
             if c.id == head:
                 marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
-            table.add_row(c.short, ", ".join(marks), when(c.time), c.kind,
+            table.add_row(c.short, ", ".join(marks), when(c.time, short=True), c.kind,
                           size(c.stats.get("bytes_new", 0)), _changes(repo, c), _first_line(c))
         console.print(table)
     if not histories:

@@ -14,6 +14,6 @@ def size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def when(t: float) -> str:
-    """A commit time as local 'YYYY-MM-DD HH:MM:SS'."""
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+def when(t: float, short: bool = False) -> str:
+    """A commit time as local 'YYYY-MM-DD HH:MM:SS' (short: 'MM-DD HH:MM')."""
+    return dt.datetime.fromtimestamp(t).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
