@@ -80,11 +80,32 @@ def baselines(mb: int) -> None:
     print(f"  txpy fingerprint (chunked)  {gb / best(lambda: delta._split(view)):7.2f} GB/s")
 
 
+def many_names(n: int = 5000) -> None:
+    """A namespace of many small variables: the cost is per object, not per byte."""
+    root = Path(tempfile.mkdtemp(prefix="txpy-bench-", dir=Path.home()))
+    try:
+        ns = {f"v{i}": [i, str(i)] for i in range(n)}
+        s = txpy.Session(root / ".txpy", "many", ns, notify=lambda m: None)
+        t = time.perf_counter()
+        s.commit()
+        first = time.perf_counter() - t
+        ns["v1"].append(0)
+        t = time.perf_counter()
+        s.commit(candidates={"v1"})
+        one = time.perf_counter() - t
+        s.close()
+        print(f"{n} small variables: first commit {first:.2f} s, "
+              f"then one changed {one * 1000:.0f} ms")
+    finally:
+        shutil.rmtree(root)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=400)
     args = parser.parse_args()
     baselines(args.mb)
+    many_names()
     for chunk in (256 << 10, 1 << 20, 4 << 20):
         r = run(args.mb, chunk)
         print(f"chunk size {chunk >> 10} KiB:")

@@ -27,4 +27,27 @@ def run(ns: dict, code: str) -> None:
 
 
 def store_bytes(store) -> int:
-    return sum(f.stat().st_size for f in (store / "objects").rglob("*") if f.is_file())
+    """Bytes of stored objects: chunk files plus the small-object database."""
+    return sum(f.stat().st_size for f in store.rglob("*")
+               if f.is_file() and not f.name.startswith("txpy.db"))
+
+
+def corrupt_object(store, key: str | None = None) -> str:
+    """Flip the last byte of a stored object (key, or any small one) where it lives; its key."""
+    import sqlite3
+
+    path = store / "objects" / key if key else None
+    if path is not None and path.exists():
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return key
+    conn = sqlite3.connect(store / "small.db")
+    if key is None:
+        key = conn.execute("SELECT key FROM objects LIMIT 1").fetchone()[0]
+    body = bytearray(conn.execute("SELECT body FROM objects WHERE key=?", (key,)).fetchone()[0])
+    body[-1] ^= 0xFF
+    conn.execute("UPDATE objects SET body=? WHERE key=?", (bytes(body), key))
+    conn.commit()
+    conn.close()
+    return key

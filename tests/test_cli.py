@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import txpy
+from conftest import corrupt_object
 
 TXPY = str(Path(sys.executable).with_name("txpy"))
 
@@ -52,8 +53,7 @@ def test_fsck_and_gc(project):
 
 def test_fsck_exits_nonzero_on_damage(project):
     root, _, _ = project
-    victim = next(p for p in (root / ".txpy" / "objects").rglob("*") if p.is_file())
-    victim.write_bytes(b"\x00garbage")
+    corrupt_object(root / ".txpy")
     fsck = txpy_cmd("fsck", cwd=root)
     assert fsck.returncode == 1 and "damaged" in fsck.stdout
 

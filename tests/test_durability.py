@@ -11,6 +11,7 @@ import time
 import pytest
 
 import txpy
+from conftest import corrupt_object
 from txpy.errors import CorruptStoreError, StoreBusyError, UntrustedError
 from txpy.repo import Repository
 
@@ -101,10 +102,7 @@ def test_fsck_names_the_commit_and_variable_a_damaged_chunk_affects(store):
     s, cid = _commit_sample(store)
     tree = s.repo.tree(s.repo.commit(cid))
     manifest = s.repo.manifest(tree.components["x"])
-    path = s.repo.chunks.backend.path(manifest.stream[0])
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    corrupt_object(store, manifest.stream[0])
     report = s.repo.fsck()
     assert [(d.commit, d.names) for d in report.damage] == [(cid, ("x",))]
     with pytest.raises(CorruptStoreError, match="damaged"):

@@ -3,7 +3,8 @@
 Layout of a store (``.txpy/``)::
 
     txpy.db      SQLite: commit records (signed), branches, each history's HEAD
-    objects/     content-addressed chunks: data, component manifests, trees
+    small.db     content-addressed objects under 64 KiB (manifests, trees, small chunks)
+    objects/     content-addressed chunks of 64 KiB and more, a file each
     key          this store's Ed25519 signing key (signs commit ids), mode 0600
     lock         flock: writers share it, gc takes it alone
 """
@@ -26,7 +27,7 @@ from .errors import (
 )
 from .model import Commit, ComponentManifest, Diff, Tree
 from .signing import Signer, verify
-from .store.backend import LocalBackend
+from .store.backend import LocalBackend, SqliteBackend, TieredBackend
 from .store.chunks import ChunkStore, chunk_key
 from .store.meta import MetaDB
 
@@ -87,7 +88,9 @@ class Repository:
     def __init__(self, path: Path, meta: MetaDB, signer: Signer):
         self.path = path
         self.meta = meta
-        self.chunks = ChunkStore(LocalBackend(path / "objects"))
+        self._objects = TieredBackend(SqliteBackend(path / "small.db"),
+                                      LocalBackend(path / "objects"))
+        self.chunks = ChunkStore(self._objects)
         self.signer = signer
         self._trusted = meta.trusted_keys()
         if signer.key_id not in self._trusted:
@@ -120,6 +123,7 @@ class Repository:
 
     def close(self) -> None:
         self.meta.close()
+        self._objects.close()
         os.close(self._lock_fd)
 
     # locking
@@ -273,8 +277,7 @@ class Repository:
         with self.exclusive():
             live = self._reachable()
             removed = freed = 0
-            backend = self.chunks.backend
-            assert isinstance(backend, LocalBackend)
+            backend = self._objects
             backend.remove_temp_files()
             for key in list(self.chunks.keys()):
                 if key not in live:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
+import ctypes
 import os
+import sqlite3
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +52,7 @@ class LocalBackend(Backend):
     """
 
     TMP_PREFIX = ".tmp-"
-    FSYNC_BATCH = 64
+    FSYNC_BATCH = 256
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -110,9 +113,12 @@ class LocalBackend(Backend):
         return True
 
     def _publish(self, pending: list[tuple[int, str, str]]) -> None:
-        """fsync the batch, rename each file into place, fsync their directories; empties it."""
-        for fd, _, _ in pending:
-            os.fsync(fd)
+        """Make the batch durable, rename each file into place, fsync the directory; empties
+        it. Many files at once are flushed with one syncfs(2) (one journal commit, ~5x faster
+        than an fsync per small file here); a few are fsynced one by one."""
+        if len(pending) < SYNCFS_FROM or not _syncfs(pending[0][0]):
+            for fd, _, _ in pending:
+                os.fsync(fd)
         while pending:
             fd, tmp, final = pending.pop()
             os.close(fd)
@@ -138,6 +144,118 @@ class LocalBackend(Backend):
             tmp.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+class SqliteBackend(Backend):
+    """Small objects as rows of one SQLite table (WAL, synchronous=FULL).
+
+    A commit's manifests, tree and small chunks then cost one transaction instead of a file
+    each: creating a file right after fsyncs costs ~0.4 ms here, so a first commit of 5,000
+    small variables took 4.7 s as files.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self._lock = threading.Lock()
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, body BLOB NOT NULL)")
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            row = self.conn.execute("SELECT body FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise FileNotFoundError(key)
+        return bytes(row[0])
+
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
+        written = 0
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, data in items:
+                    cur = self.conn.execute("INSERT OR IGNORE INTO objects VALUES (?, ?)",
+                                            (key, bytes(data)))
+                    written += len(data) if cur.rowcount else 0
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        return written
+
+    def create(self, key: str, data: bytes) -> bool:
+        with self._lock:
+            try:
+                self.conn.execute("INSERT INTO objects VALUES (?, ?)", (key, data))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return self.conn.execute(
+                "SELECT 1 FROM objects WHERE key=?", (key,)).fetchone() is not None
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.conn.execute("DELETE FROM objects WHERE key=?", (key,))
+
+    def keys(self) -> Iterator[str]:
+        with self._lock:
+            rows = self.conn.execute("SELECT key FROM objects").fetchall()
+        return (r[0] for r in rows)
+
+    def size(self, key: str) -> int:
+        return len(self.get(key))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class TieredBackend(Backend):
+    """Objects below a size in `small` (one transaction per batch), the rest in `large`
+    (a file each). Both are written durably before put_many returns."""
+
+    def __init__(self, small: SqliteBackend, large: LocalBackend, threshold: int = 64 << 10):
+        self.small, self.large, self.threshold = small, large, threshold
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.small.get(key)
+        except FileNotFoundError:
+            return self.large.get(key)
+
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview | bytearray]]) -> int:
+        small, large = [], []
+        for key, data in items:
+            (small if len(data) < self.threshold else large).append((key, data))
+        return self.small.put_many(small) + self.large.put_many(large)
+
+    def create(self, key: str, data: bytes) -> bool:
+        target = self.small if len(data) < self.threshold else self.large
+        return target.create(key, data)
+
+    def exists(self, key: str) -> bool:
+        return self.small.exists(key) or self.large.exists(key)
+
+    def delete(self, key: str) -> None:
+        self.small.delete(key)
+        self.large.delete(key)
+
+    def keys(self) -> Iterator[str]:
+        yield from self.small.keys()
+        yield from self.large.keys()
+
+    def size(self, key: str) -> int:
+        return self.small.size(key) if self.small.exists(key) else self.large.size(key)
+
+    def remove_temp_files(self) -> int:
+        return self.large.remove_temp_files()
+
+    def close(self) -> None:
+        self.small.close()
 
 
 class FsspecBackend(Backend):
@@ -199,6 +317,25 @@ def backend_for(url: str, **options: Any) -> Backend:
     if url.startswith("file://"):
         return LocalBackend(url[len("file://"):])
     return FsspecBackend(url, **options)
+
+
+#: Batches of at least this many files are flushed with syncfs(2) where it exists.
+SYNCFS_FROM = 16
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs  # type: ignore[no-any-return]
+    except (AttributeError, OSError):  # not Linux/glibc
+        return None
+
+
+_libc_syncfs = _load_syncfs()
+
+
+def _syncfs(fd: int) -> bool:
+    """Flush the whole filesystem holding fd; False if syncfs is unavailable or failed."""
+    return _libc_syncfs is not None and _libc_syncfs(fd) == 0
 
 
 def _fsync_dir(path: str | Path) -> None:
