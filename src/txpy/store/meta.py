@@ -126,9 +126,6 @@ class MetaDB:
     def set_remote(self, conn: sqlite3.Connection, name: str, url: str, options: str) -> None:
         conn.execute("INSERT OR REPLACE INTO remotes VALUES (?, ?, ?)", (name, url, options))
 
-    def delete_remote(self, conn: sqlite3.Connection, name: str) -> None:
-        conn.execute("DELETE FROM remotes WHERE name=?", (name,))
-
     def histories(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT history FROM heads ORDER BY history")]
 
@@ -146,9 +143,6 @@ class MetaDB:
 
     def set_branch(self, conn: sqlite3.Connection, history: str, branch: str, cid: str) -> None:
         conn.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?)", (history, branch, cid))
-
-    def delete_branch(self, conn: sqlite3.Connection, history: str, branch: str) -> None:
-        conn.execute("DELETE FROM refs WHERE history=? AND branch=?", (history, branch))
 
     def head(self, history: str) -> tuple[str | None, str | None]:
         """(branch, commit id): branch is None when HEAD is detached at commit id."""
