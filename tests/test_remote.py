@@ -297,3 +297,16 @@ def test_two_pushes_racing_from_the_same_ref_version_cannot_both_win(tmp_path, k
     with pytest.raises(RemoteError, match="meanwhile"):
         push(b.repo, late)
     assert Remote(url, options).read_refs()[("h", "main")].commit == a.head.id
+
+
+def test_remote_tracking_branches_are_not_pushed_back(tmp_path):
+    url, _, _ = _pushed(tmp_path)
+    assert txpy_cmd("clone", url, str(tmp_path / "c"), "--trust", cwd=tmp_path).returncode == 0
+    c = txpy.Session(tmp_path / "c" / ".txpy", "h", {}, notify=lambda m: None)
+    c.restore()
+    assert "origin/main" in c.branches()
+    c.namespace["y"] = 1
+    c.commit()
+    push(c.repo, Remote(url))
+    assert set(Remote(url).read_refs()) == {("h", "main")}
+    assert Remote(url).read_refs()[("h", "main")].commit == c.head.id

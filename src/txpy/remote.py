@@ -130,10 +130,13 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
     """Copy the commits of histories (all by default) and the chunks the remote lacks; then
     move the remote's branches. Refuses if that would drop commits only the remote has."""
     remote_refs = remote.read_refs()
+    tracking = tuple(f"{name}/" for name in repo.meta.remotes())
     updates: list[tuple[str, str, str]] = []
     wanted: list[str] = []
     for history in histories or repo.histories():
         for branch, cid in repo.meta.branches(history).items():
+            if branch.startswith(tracking):  # e.g. origin/main: a copy of a remote's branch
+                continue
             theirs = remote_refs.get((history, branch))
             if theirs is not None and theirs.commit == cid:
                 continue
