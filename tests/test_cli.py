@@ -37,6 +37,9 @@ def test_log_show_diff_branch_from_a_subdirectory(project):
     log = txpy_cmd("log", cwd=cwd)
     assert log.returncode == 0 and c1[:12] in log.stdout and "HEAD -> main" in log.stdout
     assert "+extra" in log.stdout and "~model" in log.stdout  # what each commit changed
+    assert "history nb" in txpy_cmd("log", "nb", cwd=cwd).stdout
+    unknown = txpy_cmd("log", "other.py", cwd=cwd)
+    assert unknown.returncode == 1 and "no history 'other.py'" in unknown.stderr
     show = txpy_cmd("show", c2[:8], cwd=cwd)
     assert show.returncode == 0 and "extra" in show.stdout and "model" in show.stdout
     diff = txpy_cmd("diff", c1[:8], "HEAD", cwd=cwd)

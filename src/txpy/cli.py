@@ -107,12 +107,14 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
 @store_option
 @history_option
 @_friendly
-def log(store: Path | None, history: str | None) -> None:
-    """List commits, newest first, with the branches pointing at them."""
-    repo, histories = _histories(store, history)
+def log(name: str | None, store: Path | None, history: str | None) -> None:
+    """List commits, newest first, with the branches pointing at them (of history NAME, e.g.
+    `txpy log train.py`, or of every history)."""
+    repo, histories = _histories(store, name or history)
     for name in histories:
         refs: dict[str, list[str]] = {}
         for branch, cid in repo.meta.branches(name).items():
