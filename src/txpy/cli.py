@@ -90,6 +90,7 @@ def _changes(repo: Repository, commit: Commit, most: int = 4) -> str:
                   + [f"-{n}" for n in d.removed])
     else:
         marked = [f"+{n}" for n in sorted(repo.tree(commit).names)]
+    marked = [m for m in marked if not m[1:].startswith("__")]  # txpy's own (__txpy_loop__)
     shown = " ".join(marked[:most])
     return shown + (f" (+{len(marked) - most} more)" if len(marked) > most else "")
 
@@ -124,14 +125,17 @@ def log(name: str | None, store: Path | None, history: str | None) -> None:
                       padding=(0, 1))
         for col in ("commit", "refs", "time", "kind", "new data"):
             table.add_column(col, no_wrap=True)
-        table.add_column("names", ratio=1)
-        table.add_column("what", overflow="ellipsis", ratio=1)
+        table.add_column("names", ratio=1, overflow="fold")
+        wide = console.width >= 110  # room for the message or first line of code
+        if wide:
+            table.add_column("what", overflow="ellipsis", ratio=1)
         for c in repo.log(name):
             marks = refs.get(c.id, [])
             if c.id == head:
                 marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
-            table.add_row(c.short, ", ".join(marks), when(c.time, short=True), c.kind,
-                          size(c.stats.get("bytes_new", 0)), _changes(repo, c), _first_line(c))
+            row = [c.short, ", ".join(marks), when(c.time, short=True), c.kind,
+                   size(c.stats.get("bytes_new", 0)), _changes(repo, c)]
+            table.add_row(*row, *([_first_line(c)] if wide else []))
         console.print(table)
     if not histories:
         console.print("the store has no commits yet")
