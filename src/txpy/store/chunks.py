@@ -13,7 +13,7 @@ import blake3
 import zstandard
 
 from ..errors import CorruptStoreError
-from .backend import Backend
+from .backend import Backend, Body, Bytes
 
 RAW = b"\x00"
 ZSTD = b"\x01"
@@ -46,20 +46,20 @@ class ChunkStore:
             return True
         return False
 
-    def _encode(self, data: bytes | memoryview) -> bytes | memoryview:
+    def _encode(self, data: bytes | memoryview) -> Body:
         probe = data[:PROBE_BYTES]
         if len(self._compressor.compress(probe)) < COMPRESS_IF_BELOW * len(probe):
-            return ZSTD + self._compressor.compress(data)
-        return _concat(RAW, data)
+            return ZSTD, self._compressor.compress(data)
+        return RAW, data  # not joined: a copy into fresh memory costs ~3 ms per MB here
 
-    def put_many(self, chunks: Iterable[tuple[str, bytes | memoryview]]) -> int:
+    def put_many(self, chunks: Iterable[tuple[str, Bytes]]) -> int:
         """Store each (key, raw data) the store lacks; return the bytes written to the backend.
 
         Keys must be chunk_key(data): callers compute them once while fingerprinting.
         """
         missing: list[str] = []
 
-        def encoded() -> Iterator[tuple[str, bytes | memoryview]]:
+        def encoded() -> Iterator[tuple[str, Body]]:
             for key, data in chunks:
                 if not self.has(key):
                     missing.append(key)
@@ -90,9 +90,3 @@ class ChunkStore:
         self._known.discard(key)
         self.backend.delete(key)
 
-
-def _concat(prefix: bytes, data: bytes | memoryview) -> bytearray:
-    out = bytearray(len(prefix) + len(data))
-    out[: len(prefix)] = prefix
-    out[len(prefix):] = data
-    return out
