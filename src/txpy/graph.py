@@ -23,34 +23,54 @@ _NOT_SHARED: tuple[type, ...] = (
     types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType,
     types.GetSetDescriptorType, types.MemberDescriptorType, type(Ellipsis), type(NotImplemented),
 )
-#: Library value types that are immutable descriptors (dtypes, devices), by module.
+#: Library value types that are immutable descriptors (dtypes, devices), by module. Libraries
+#: cache and hand out one instance of each (pandas' ``StringDtype("python")``): counted as
+#: shared, every DataFrame with a string column would join every other into one component.
 _LIBRARY_VALUE_TYPES = {"numpy": ("dtype",), "torch": ("dtype", "device", "layout",
-                                                       "memory_format")}
+                                                       "memory_format"),
+                        "pandas.core.dtypes.base": ("ExtensionDtype",)}
 _library_objects: dict[int, Any] = {}
 _scanned_modules: set[str] = set()
+#: [len(sys.modules), packages whose modules were all scanned while it had that many]
+_packages_scanned: list[Any] = [-1, set()]
 _not_shared_types: tuple[type, ...] = _NOT_SHARED
 
 
-def library_globals() -> tuple[dict[int, Any], tuple[type, ...]]:
+def library_globals(kinds: Iterable[type]) -> tuple[dict[int, Any], tuple[type, ...]]:
     """(objects, types) never shared between names.
 
     objects: bound at module level in imported modules or as attributes of their classes
     (singletons, library functions, class-level defaults like pandas' ``_metadata``), and the
     modules' dicts, by id: every pickle reaches them, so they must not join unrelated names.
     Holding them keeps their ids from being reused by user objects. types: _NOT_SHARED plus
-    library descriptor types (numpy/torch dtypes). Modules are scanned once, when first seen.
+    library descriptor types (numpy/torch dtypes).
+
+    Only the packages of ``kinds`` (the types of the objects a value reached) are scanned,
+    each module once: a value reaches library objects through its own types' code, and
+    scanning every module a Jupyter kernel imported costs ~30 ms. A library object missed
+    this way joins names needlessly (slower, never wrong).
     """
     global _not_shared_types
-    if len(_scanned_modules) != len(sys.modules):
+    if _packages_scanned[0] != len(sys.modules):  # modules came or went: look again
+        _packages_scanned[:] = [len(sys.modules), set()]
+    stale = {_package_of(t) for t in set(kinds)} - _packages_scanned[1]
+    if stale:
         for name in sys.modules.keys() - _scanned_modules:
-            _scanned_modules.add(name)
-            module = sys.modules.get(name)
-            if name != "__main__" and module is not None:
-                _scan_module(name, module)
+            if name.partition(".")[0] in stale:
+                _scanned_modules.add(name)
+                module = sys.modules.get(name)
+                if name != "__main__" and module is not None:
+                    _scan_module(name, module)
+        _packages_scanned[1].update(stale)
         _not_shared_types = _NOT_SHARED + tuple(
             getattr(sys.modules[m], t) for m, names in _LIBRARY_VALUE_TYPES.items()
             if m in sys.modules for t in names if hasattr(sys.modules[m], t))
     return _library_objects, _not_shared_types
+
+
+def _package_of(kind: type) -> str:
+    module = getattr(kind, "__module__", None)
+    return module.partition(".")[0] if isinstance(module, str) else ""
 
 
 def _scan_module(name: str, module: Any) -> None:
@@ -78,7 +98,7 @@ def _foreign_function(obj: Any, namespace: Mapping[str, Any] | None) -> bool:
 def shared_in_memo(memo: dict[int, tuple[int, Any]], namespace: Mapping[str, Any] | None
                    ) -> dict[int, Any]:
     """The shareable objects a pickler memoized (exact pickle semantics; for small pickles)."""
-    library, not_shared = library_globals()
+    library, not_shared = library_globals(type(o) for _, o in memo.values())
     return {i: o for i, (_, o) in memo.items()
             if i not in library and not isinstance(o, not_shared)
             and not _foreign_function(o, namespace)}
@@ -88,7 +108,7 @@ def reachable_shared(value: Any, namespace: Mapping[str, Any] | None) -> dict[in
     """The shareable objects reachable from value, by a breadth-first walk of the garbage
     collector's references done level by level in C (for big object graphs, where copying a
     pickler's memo would cost seconds). Elements of numpy object arrays are walked too."""
-    library, not_shared = library_globals()
+    library, not_shared = library_globals((type(value),))
     np = sys.modules.get("numpy")
     found: dict[int, Any] = {}
     frontier = [value] if not isinstance(value, not_shared) else []
@@ -100,6 +120,7 @@ def reachable_shared(value: Any, namespace: Mapping[str, Any] | None) -> dict[in
                 if isinstance(o, np.ndarray) and o.dtype.hasobject:
                     refs.extend(o.ravel(order="K").tolist())
         kinds = list(map(type, refs))
+        library, not_shared = library_globals(kinds)
         shareable = {t for t in set(kinds) if not issubclass(t, not_shared)}
         candidates = list(compress(refs, map(shareable.__contains__, kinds)))
         by_id = dict(zip(map(id, candidates), candidates, strict=True))
