@@ -73,12 +73,14 @@ def test_pickling_temporaries_are_not_remembered_as_shared():
 
 
 def test_frames_with_string_columns_stay_apart_and_real_sharing_still_joins(session, store):
-    # pandas hands every string column one cached dtype object: a descriptor, not a link
+    # pandas hands string columns and labels one cached dtype object: a descriptor, not a link
     ns = session.namespace
-    df = pd.DataFrame({"s": ["up", "down"] * 50, "x": np.arange(100.0)},
+    df = pd.DataFrame({"A": np.arange(100.0)},
                       index=pd.date_range("2024-01-01", periods=100, freq="min"))
-    ns.update(df=df, other=pd.DataFrame({"s": ["a", "b"]}), ranked=df["x"].rank())
+    df["E"] = np.where(df["A"] > 50, "up", "down")
+    ns.update(df=df, summary=df.describe(), pivot=df.groupby("E")[["A"]].agg(["mean"]),
+              ranked=df["A"].rank())
     c = session.commit()
-    assert _components(session) == [["df", "ranked"], ["other"]]  # ranked shares df's index
+    assert _components(session) == [["df", "ranked"], ["pivot"], ["summary"]]
     state = txpy.load(store, "t", c)
-    assert state["ranked"].index._data is state["df"].index._data
+    assert state["ranked"].index._data is state["df"].index._data  # shared, as before
