@@ -130,6 +130,8 @@ class LocalBackend(Backend):
         """Make the batch durable, rename each file into place, fsync the directory; empties
         it. Many files at once are flushed with one syncfs(2) (one journal commit, ~5x faster
         than an fsync per small file here); a few are fsynced one by one."""
+        if not pending:
+            return
         if len(pending) < SYNCFS_FROM or not _syncfs(pending[0][0]):
             for fd, _, _ in pending:
                 os.fsync(fd)
@@ -244,10 +246,17 @@ class TieredBackend(Backend):
             return self.large.get(key)
 
     def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
-        small, large = [], []
-        for key, data in items:
-            (small if body_size(data) < self.threshold else large).append((key, data))
-        return self.small.put_many(small) + self.large.put_many(large)
+        small: list[tuple[str, Body]] = []
+
+        def large() -> Iterator[tuple[str, Body]]:  # written as they come, small ones at the end
+            for key, data in items:
+                if body_size(data) < self.threshold:
+                    small.append((key, data))
+                else:
+                    yield key, data
+
+        written = self.large.put_many(large())
+        return written + self.small.put_many(small)
 
     def create(self, key: str, data: bytes) -> bool:
         target = self.small if len(data) < self.threshold else self.large
