@@ -244,3 +244,17 @@ def test_big_writes_and_loads_are_announced(store, monkeypatch):
     s.commit()
     s.checkout(c1)
     assert said[0].startswith("writing 3.8 MB") and said[-1].startswith("loading 3.8 MB")
+
+
+def test_a_commit_imports_nothing_the_user_did_not(tmp_path):
+    # numpy.random (7 ms) is part of the state only once the user imported it
+    import subprocess
+    import sys
+
+    store = str(tmp_path / ".txpy")
+    code = ("import sys, numpy, txpy\n"
+            f"s = txpy.Session(store={store!r}, namespace={{'a': numpy.ones(3)}})\n"
+            "s.commit()\n"
+            "print('numpy.random' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

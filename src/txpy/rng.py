@@ -15,9 +15,9 @@ from typing import Any
 def capture() -> dict[str, Any]:
     """The state of random, numpy.random's global generator and torch's CPU generator."""
     state: dict[str, Any] = {"random": random.getstate()}
-    np = sys.modules.get("numpy")
-    if np is not None and hasattr(np, "random"):
-        state["numpy"] = np.random.get_state()
+    np_random = sys.modules.get("numpy.random")  # not hasattr(numpy, ...): that imports it
+    if np_random is not None:
+        state["numpy"] = np_random.get_state()
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "get_rng_state"):
         state["torch"] = torch.get_rng_state()
