@@ -3,8 +3,9 @@
     python benchmarks/bench_notebooks.py
 
 Each notebook (generated data only, modeled on the pandas "10 minutes", scikit-learn
-"getting started" and PyTorch "quickstart" tutorials) runs in a fresh kernel without txpy and
-with it, in the same run; we print total time, overhead, store size and the time
+"getting started" and PyTorch "quickstart" tutorials) runs in a fresh kernel without txpy,
+with txpy's default (sync) durability and with async durability, interleaved in the same run;
+we print the best total time of each, the overheads, the store size and the time
 ``%txpy restore`` takes in a new kernel. A last run measures a training-loop-like cell reading
 globals in a tight loop, where a tracking namespace would hurt most.
 """
@@ -72,15 +73,21 @@ TIGHT_LOOP = [
 ]
 
 
-def notebook(cells: list[str], with_txpy: bool) -> nbformat.NotebookNode:
+def setup_cells(durability: str | None) -> list[str]:
+    """The cells that turn txpy on (None: without txpy); they are not timed."""
+    if durability is None:
+        return []
+    return ["%load_ext txpy"] + (["%txpy durability async"] if durability == "async" else [])
+
+
+def notebook(cells: list[str], durability: str | None) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.cells = ([nbformat.v4.new_code_cell("%load_ext txpy")] if with_txpy else []) + [
-        nbformat.v4.new_code_cell(c) for c in cells]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in setup_cells(durability) + cells]
     return nb
 
 
 def execute(nb: nbformat.NotebookNode, cwd: str) -> float:
-    """Seconds spent in the notebook's own cells (the kernel start and %load_ext excluded)."""
+    """Seconds spent in the notebook's own cells (the kernel start and txpy's setup excluded)."""
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": cwd}})
     client.km = client.create_kernel_manager()
@@ -90,7 +97,7 @@ def execute(nb: nbformat.NotebookNode, cwd: str) -> float:
         for index, cell in enumerate(nb.cells):
             started = time.perf_counter()
             client.execute_cell(cell, index)
-            if cell.source != "%load_ext txpy":
+            if not cell.source.startswith("%"):
                 total += time.perf_counter() - started
             errors = [o for o in cell.get("outputs", ()) if o.get("output_type") == "error"
                       or (o.get("name") == "stderr" and "could not" in o.get("text", ""))]
@@ -121,32 +128,33 @@ def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def bench(name: str, cells: list[str], repeat: int = 2) -> None:
-    plain, with_txpy = [], []
+def bench(name: str, cells: list[str], repeat: int = 3) -> None:
+    """Runs without txpy, with sync and with async durability, interleaved; best of repeat."""
+    runs: dict[str | None, list[float]] = {None: [], "sync": [], "async": []}
     store_size = restore = 0.0
     for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as d:
-            plain.append(execute(notebook(cells, False), d))
-        with tempfile.TemporaryDirectory() as d:
-            with_txpy.append(execute(notebook(cells, True), d))
-            store_size = size(Path(d) / ".txpy")
-            restore = restore_seconds(d)
-    p, t = min(plain), min(with_txpy)
-    print(f"{name:<12} cells={len(cells):>2}  plain={p:7.2f}s  txpy={t:7.2f}s  "
-          f"overhead={100 * (t - p) / p:+6.1f}%  store={store_size / 2**20:7.1f} MB  "
-          f"restore={restore:6.2f}s", flush=True)
+        for durability, times in runs.items():
+            with tempfile.TemporaryDirectory() as d:
+                times.append(execute(notebook(cells, durability), d))
+                if durability == "sync":
+                    store_size = size(Path(d) / ".txpy")
+                    restore = restore_seconds(d)
+    p, sync, asyn = (min(runs[k]) for k in (None, "sync", "async"))
+    print(f"{name:<12} cells={len(cells):>2}  plain={p:6.2f}s  sync={sync:6.2f}s "
+          f"({100 * (sync - p) / p:+5.1f}%)  async={asyn:6.2f}s ({100 * (asyn - p) / p:+5.1f}%)"
+          f"  store={store_size / 2**20:6.1f} MB  restore={restore:5.2f}s", flush=True)
 
 
 def main() -> None:
     os.environ.pop("TXPY_VERIFY", None)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; best of 2 runs each")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; best of 3 runs each")
     bench("pandas", PANDAS)
     if importlib.util.find_spec("sklearn"):
         bench("scikit-learn", SKLEARN)
     else:
         print("scikit-learn: not installed, skipped")
     bench("pytorch", TORCH)
-    bench("tight-loop", TIGHT_LOOP, repeat=3)
+    bench("tight-loop", TIGHT_LOOP)
 
 
 if __name__ == "__main__":
