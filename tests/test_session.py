@@ -258,3 +258,21 @@ def test_a_commit_imports_nothing_the_user_did_not(tmp_path):
             "print('numpy.random' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_big_commit_mixing_compressible_and_random_chunks_comes_back_exactly(session, store):
+    # several MiB: compressed on a helper thread while written, in order
+    rng = np.random.default_rng(2)
+    ns = session.namespace
+    ns["noise"] = rng.random(1_000_000)  # 8 MB, stored raw
+    ns["steps"] = np.repeat(np.arange(1000.0), 1000)  # 8 MB, compresses well
+    ns["mixed"] = [rng.random(200_000), np.zeros(200_000), b"x" * 3_000_000]
+    c = session.commit()
+    assert store_bytes(store) < 8_000_000 + 1_600_000 + 4_000_000  # steps, zeros, bytes shrank
+    state = txpy.load(store, "t", c)
+    assert np.array_equal(state["noise"], ns["noise"])
+    assert np.array_equal(state["steps"], ns["steps"])
+    assert all(np.array_equal(a, b) for a, b in zip(state["mixed"][:2], ns["mixed"][:2],
+                                                     strict=True))
+    assert state["mixed"][2] == ns["mixed"][2]
+    assert session.repo.fsck().ok

@@ -123,6 +123,7 @@ class Repository:
 
     def close(self) -> None:
         self.meta.close()
+        self.chunks.close()
         self._objects.close()
         os.close(self._lock_fd)
 

@@ -81,6 +81,12 @@ class ChunkStore:
         self._known.update(key for key, _ in todo)
         return written
 
+    def close(self) -> None:
+        """Stop the compressing thread, if one was started."""
+        if self._compressing is not None:
+            self._compressing[1].shutdown()
+            self._compressing = None
+
     def get(self, key: str) -> bytes:
         """The raw bytes of key, verified; CorruptStoreError if missing or damaged."""
         try:
