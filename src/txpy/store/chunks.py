@@ -70,7 +70,7 @@ class ChunkStore:
         todo = [(key, data) for key, data in chunks if not self.has(key)]
         raw = [data for _, data in todo]
         bodies: Iterable[Body] = map(self._encode, raw)
-        if sum(map(len, raw)) >= PARALLEL_FROM:
+        if sum(memoryview(data).nbytes for data in raw) >= PARALLEL_FROM:  # bytes, not items
             # a thread compresses the next chunks while this one writes (both drop the GIL):
             # 9 MB of mixed chunks in 16.5 ms instead of 19.4. A forked child makes its own.
             if self._compressing is None or self._compressing[0] != os.getpid():
