@@ -110,3 +110,21 @@ def test_string_columns_use_the_fast_path_and_still_see_every_change(session, st
     pd.testing.assert_frame_equal(restored, ns["df"])
     assert restored.loc[123, "s"] == "edited"
     pd.testing.assert_frame_equal(txpy.load(store, "t", c1)["df"].loc[:122], ns["df"].loc[:122])
+
+
+class Tag(str):
+    """A str subclass: a fast path that joined it as plain str would lose its type."""
+
+
+def test_object_arrays_that_are_not_all_exact_str_restore_exactly(session, store):
+    n = 20_000
+    subclass = np.array([f"s{i}" for i in range(n)], dtype=object)
+    subclass[7] = Tag("tagged")
+    mixed = np.array([f"m{i}" for i in range(n)], dtype=object)
+    mixed[9] = b"bytes"
+    session.namespace.update(subclass=subclass, mixed=mixed, Tag=Tag)
+    restored = txpy.load(store, "t", session.commit())
+    assert type(restored["subclass"][7]).__name__ == "Tag" and restored["subclass"][7] == "tagged"
+    assert restored["mixed"][9] == b"bytes"
+    assert restored["subclass"].tolist() == subclass.tolist()
+    assert restored["mixed"].tolist() == mixed.tolist()

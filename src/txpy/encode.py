@@ -13,6 +13,7 @@ from __future__ import annotations
 import copyreg
 import ctypes
 import io
+import operator
 import pickle
 import sys
 import threading
@@ -197,13 +198,14 @@ def _string_array_data(arr: Any) -> bytes | None:
     hit = _string_cache.get(key)
     if hit is not None:
         return hit[1]
+    np = sys.modules["numpy"]  # arr is an ndarray: numpy is loaded
     items = arr.ravel().tolist()
-    if set(map(type, items)) != {str}:
+    if operator.countOf(map(type, items), str) != len(items):  # exactly str, no subclass
         return None
-    joined = "\x00".join(items)
-    if joined.count("\x00") != len(items) - 1:
+    data = "\x00".join(items).encode("utf-8", "surrogatepass")
+    # UTF-8 has a zero byte only for NUL: a string holding one would not split back the same
+    if len(items) - 1 != int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 0)):
         return None
-    data = joined.encode("utf-8", "surrogatepass")
     while _string_cache and sum(len(d) for _, d in _string_cache.values()) + len(data) > \
             _STRING_CACHE_BYTES:
         del _string_cache[next(iter(_string_cache))]

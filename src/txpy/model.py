@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -120,9 +120,9 @@ class Commit:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        d = asdict(self)
-        del d["id"]
-        return canonical_json(d)
+        # shallow: asdict deep-copies env (a thousand package versions) on every commit
+        return canonical_json({f.name: getattr(self, f.name) for f in fields(self)
+                               if f.name != "id"})
 
     @classmethod
     def from_body(cls, commit_id: str, body: bytes) -> Commit:
