@@ -50,7 +50,7 @@ def test_a_cell_that_creates_sharing_merges_components(session, store):
 
 
 def test_pickling_temporaries_are_not_remembered_as_shared():
-    from txpy.session import persistent_ids
+    from txpy.session import persistent
 
     temporaries = []
 
@@ -67,9 +67,34 @@ def test_pickling_temporaries_are_not_remembered_as_shared():
     value = Odd(kept)
     shared = encode.encode(value, {}, collect_shared=True).shared
     assert temporaries[0] in shared
-    ids = persistent_ids(shared)
+    ids = persistent(shared)
     assert id(value) in ids and id(kept) in ids and temporaries[0] not in ids
     assert shared == {}
+
+
+_LIBRARY_CACHE: list = []
+
+
+class Cached:
+    """Its reducer's argument list outlives the pickling in a cache, as library caches do."""
+
+    def __init__(self, payload=None):
+        self.payload = payload
+
+    def __reduce__(self):
+        args = [0]
+        _LIBRARY_CACHE.append(args)
+        return Cached, (args,)
+
+
+def test_an_object_freed_after_its_commit_does_not_join_names_later(session):
+    ns = session.namespace
+    ns["a"] = Cached()
+    session.commit()
+    _LIBRARY_CACHE.clear()  # the cached list dies; a new list may take its address
+    ns["b"] = [[0] for _ in range(50)]
+    session.commit(candidates={"b"})
+    assert _components(session) == [["a"], ["b"]]
 
 
 def test_frames_with_string_columns_stay_apart_and_real_sharing_still_joins(session, store):

@@ -48,15 +48,22 @@ class _Known:
 
     obj_id: int
     digest: str | None  # None: not stored
-    shared: frozenset[int]
+    #: the shareable objects it reached, held (not just their ids) until it is examined
+    #: again: an id remembered for a dead object is soon another object's, and would join
+    #: names that share nothing (seen in a pandas notebook: four frames became one component)
+    shared: dict[int, Any]
+    storages: frozenset[int]
+
+    def reached(self) -> set[int]:
+        return set(self.shared) | self.storages
 
 
-def persistent_ids(shared: dict[int, Any]) -> frozenset[int]:
-    """The ids of objects in shared that outlive it, emptying it.
+def persistent(shared: dict[int, Any]) -> dict[int, Any]:
+    """The objects in shared that outlive it, by id; empties it.
 
     A pickler's memo also holds temporaries its reducers made (state dicts, argument lists);
-    once the memo is gone, only `shared` holds those. Their ids will be reused by new objects,
-    so remembering them would join unrelated names later.
+    once the memo is gone, only `shared` holds those. Keeping them would pin memory for no
+    use: no other name can reach them.
     """
     while True:  # until a pass frees nothing: a temporary may hold other temporaries
         survivors = {}
@@ -69,7 +76,7 @@ def persistent_ids(shared: dict[int, Any]) -> frozenset[int]:
                 freed = True
             del obj
         if not freed:
-            return frozenset(survivors)
+            return survivors
         shared = survivors
 
 
@@ -169,7 +176,7 @@ class Session:
             if known.digest is None:
                 unstored[n] = self._tree.unstored[n] if self._tree else Unstored("?", "?")
             else:
-                reached[n] = set(known.shared)
+                reached[n] = known.reached()
         groups = graph.components(reached)
         tree, staged = self._build_tree(current, examine, prints, groups, unstored)
         tree_key = self._writer.stage_object(tree.to_bytes())
@@ -331,10 +338,10 @@ class Session:
         for n in examine:
             fp = prints.get(n)
             if fp is None:
-                self._known[n] = _Known(id(current[n]), None, frozenset())
+                self._known[n] = _Known(id(current[n]), None, {}, frozenset())
                 continue
-            shared = persistent_ids(fp.encoded.shared) | fp.encoded.storages
-            self._known[n] = _Known(id(current[n]), fp.digest, shared)
+            self._known[n] = _Known(id(current[n]), fp.digest, persistent(fp.encoded.shared),
+                                    frozenset(fp.encoded.storages))
 
     def _verify_against(self, tree: Tree) -> None:
         """Verify mode: every name, examined or not, must match what was committed."""
