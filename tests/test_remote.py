@@ -143,7 +143,7 @@ def test_push_clone_restore_in_another_process(tmp_path, kind, request):
 def test_second_push_moves_only_new_chunks_and_pull_brings_them(tmp_path, bucket):
     url, endpoint = bucket
     options = {"client_kwargs": {"endpoint_url": endpoint}}
-    ns = {"big": np.random.default_rng(1).random(2_000_000)}  # 16 MB
+    ns = {"big": np.random.default_rng(1).random(2_000_000)}  # 16 MB, ~13 MB compressed
     s = txpy.Session(tmp_path / "a" / ".txpy", "h", ns, notify=lambda m: None)
     s.commit()
     remote = Remote(url, options)
@@ -151,7 +151,7 @@ def test_second_push_moves_only_new_chunks_and_pull_brings_them(tmp_path, bucket
     ns["big"][123] = -1.0
     s.commit()
     second = push(s.repo, remote)
-    assert first.bytes > 15_000_000 and second.bytes < 1_500_000 and second.objects <= 4
+    assert first.bytes > 12_000_000 and second.bytes < 1_500_000 and second.objects <= 4
     txpy_cmd("clone", url, str(tmp_path / "b"), "--trust", "--endpoint-url", endpoint,
              cwd=tmp_path)
     ns["big"][7] = -2.0

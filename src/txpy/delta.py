@@ -61,7 +61,7 @@ class ComponentWriter:
     def __init__(self, chunks: ChunkStore):
         self.chunks = chunks
         self._keys: dict[tuple[bytes, int], str] = {}
-        self._pending: list[tuple[str, memoryview]] = []
+        self._pending: list[tuple[str, memoryview, int]] = []
 
     def _key(self, digest: bytes, data: memoryview) -> str:
         k = (digest, len(data))
@@ -76,18 +76,19 @@ class ComponentWriter:
         """Queue the component's chunks and its manifest; return the manifest key."""
         pending = self._pending
 
-        def keys_of(part: list[tuple[bytes, memoryview]]) -> tuple[str, ...]:
+        def keys_of(part: list[tuple[bytes, memoryview]], width: int) -> tuple[str, ...]:
             out = []
             for digest, data in part:
                 key = self._key(digest, data)
-                pending.append((key, data))
+                pending.append((key, data, width))
                 out.append(key)
             return tuple(out)
 
-        stream = keys_of(fp.stream_chunks)
+        stream = keys_of(fp.stream_chunks, 1)
         buffers = tuple(
-            BufferRef(keys_of(part), len(raw), raw.readonly)
-            for part, raw in zip(fp.buffer_chunks, fp.encoded.buffers, strict=True)
+            BufferRef(keys_of(part, width), len(raw), raw.readonly)
+            for part, raw, width in zip(fp.buffer_chunks, fp.encoded.buffers,
+                                        fp.encoded.widths, strict=True)
         )
         manifest = ComponentManifest(names, stream, buffers, tuple(dict.fromkeys(fp.encoded.notes)))
         return self.stage_object(manifest.to_bytes())
@@ -95,19 +96,19 @@ class ComponentWriter:
     def stage_object(self, body: bytes) -> str:
         """Queue a small record (a manifest, a tree); return its key."""
         key = chunk_key(body)
-        self._pending.append((key, memoryview(body)))
+        self._pending.append((key, memoryview(body), 1))
         return key
 
-    def take(self, private: bool) -> list[tuple[str, bytes | memoryview]]:
-        """The queued chunks the store lacks, emptying the queue. private: copy those that
-        are views of live objects (user arrays may change while a background writer runs);
-        only new chunks are copied."""
+    def take(self, private: bool) -> list[tuple[str, bytes | memoryview, int]]:
+        """The queued chunks the store lacks as (key, data, item size), emptying the queue.
+        private: copy those that are views of live objects (user arrays may change while a
+        background writer runs); only new chunks are copied."""
         pending, self._pending = self._pending, []
-        new = {k: data for k, data in pending if not self.chunks.has(k)}
+        new = {k: (data, width) for k, data, width in pending if not self.chunks.has(k)}
         if private:
-            return [(k, data if isinstance(data.obj, bytes) else bytes(data))
-                    for k, data in new.items()]
-        return list(new.items())
+            return [(k, data if isinstance(data.obj, bytes) else bytes(data), width)
+                    for k, (data, width) in new.items()]
+        return [(k, data, width) for k, (data, width) in new.items()]
 
     def discard(self) -> None:
         """Forget queued chunks (the commit was abandoned)."""

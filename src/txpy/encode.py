@@ -69,6 +69,8 @@ class Encoded:
     notes: list[str] = field(default_factory=list)
     #: memory blocks shared by tensors (negated data pointers, so they never equal an id)
     storages: set[int] = field(default_factory=set)
+    #: item size of each buffer (8 for float64…): the store compresses by byte planes
+    widths: list[int] = field(default_factory=list)
 
 
 class _StatePickler(cloudpickle.Pickler):
@@ -122,7 +124,7 @@ class _StatePickler(cloudpickle.Pickler):
         key = (storage.data_ptr(), storage.nbytes())
         holder = self._storages.get(key)
         if holder is None:
-            holder = self._storages[key] = _StorageHolder(torch, storage)
+            holder = self._storages[key] = _StorageHolder(torch, storage, t.element_size())
             self.storage_keys.add(-key[0])
         grad = None
         if t.is_leaf:
@@ -139,15 +141,18 @@ class _StorageHolder:
     """One torch storage, pickled once per stream as an out-of-band uint8 buffer, so views
     that share a storage still share it after a restore."""
 
-    def __init__(self, torch: Any, storage: Any):
+    def __init__(self, torch: Any, storage: Any, width: int):
         self.storage = storage
         self._torch = torch
+        self._width = width  # the item size its bytes are compressed by
 
     def __reduce__(self) -> Any:
         if self.storage.nbytes() == 0:
             return _rebuild_storage, (b"",)
-        as_bytes = self._torch.empty(0, dtype=self._torch.uint8).set_(self.storage)
-        return _rebuild_storage, (pickle.PickleBuffer(as_bytes.numpy()),)
+        data = self._torch.empty(0, dtype=self._torch.uint8).set_(self.storage).numpy()
+        if self._width > 1 and data.nbytes % self._width == 0:
+            data = data.view(f"V{self._width}")  # same bytes, with the item size
+        return _rebuild_storage, (pickle.PickleBuffer(data),)
 
 
 def _rebuild_storage(buffer: Any) -> Any:
@@ -240,11 +245,14 @@ def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: b
 def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: bool) -> Encoded:
     out = io.BytesIO()
     buffers: list[memoryview] = []
+    widths: list[int] = []
+
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
         if raw.nbytes < IN_BAND_BELOW:
             return True  # small: in the stream, so a commit writes a few files, not dozens
         buffers.append(raw)
+        widths.append(memoryview(buffer).itemsize)
         return False
 
     pickler = _StatePickler(out, namespace, out_of_band)
@@ -261,7 +269,7 @@ def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: boo
     if collect_shared:
         shared = (graph.shared_in_memo(pickler.memo.copy(), namespace) if len(stream) <= MEMO_LIMIT
                   else graph.reachable_shared(value, namespace))
-    return Encoded(stream, buffers, shared, pickler.notes, pickler.storage_keys)
+    return Encoded(stream, buffers, shared, pickler.notes, pickler.storage_keys, widths)
 
 
 def _reason(e: Exception) -> str:

@@ -219,9 +219,9 @@ def _fetch_objects(repo: Repository, remote: Remote, records: dict[str, dict[str
 
     def fetch(key: str) -> bytes:
         nonlocal got, received
-        data = remote.chunks.get(key)  # verifies the hash
+        data, width = remote.chunks.read(key)  # verifies the hash
         if not repo.chunks.has(key):
-            repo.chunks.put_many([(key, data)])
+            repo.chunks.put_many([(key, data, width)])
             got += 1
             received += len(data)
         return data

@@ -193,7 +193,7 @@ class Session:
             raise
         background = self.durability == "async"
         chunks = self._writer.take(private=background)
-        new_bytes = sum(len(d) for _, d in chunks)
+        new_bytes = sum(len(d) for _, d, _ in chunks)
         if not background:
             self._announce("writing", new_bytes)
         commit = with_id(Commit(
@@ -222,7 +222,7 @@ class Session:
             self._verify_against(tree)
         return commit.id
 
-    def _publish(self, commit: Commit, chunks: list[tuple[str, bytes | memoryview]],
+    def _publish(self, commit: Commit, chunks: list[tuple[str, bytes | memoryview, int]],
                  staged: dict[tuple[tuple[str, ...], str], str], before: _Published) -> None:
         """Write a commit's new chunks, then its record and branch move (one SQLite txn)."""
         with self.repo.writing():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..errors import CorruptStoreError, StoreVersionError
 
-FORMAT_VERSION = 1
+#: 2: chunks may be compressed by byte planes (a format-1 store is upgraded when opened)
+FORMAT_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +51,8 @@ class MetaDB:
                     "INSERT OR IGNORE INTO info VALUES ('format', ?)", (str(FORMAT_VERSION),)
                 )
             self._check_format()
+            self.conn.execute("UPDATE info SET value=? WHERE key='format' AND value='1'",
+                              (str(FORMAT_VERSION),))
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise CorruptStoreError(f"{path} is not a readable txpy database ({e})") from None

@@ -1,0 +1,66 @@
+"""The chunk store's encodings: what comes back is byte for byte what went in, and numbers
+compressed by byte planes take less room than compressed as they are."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import txpy
+from txpy.errors import StoreVersionError
+from txpy.store.backend import LocalBackend
+from txpy.store.chunks import ChunkStore, chunk_key, from_planes, to_planes
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), width=st.sampled_from([2, 3, 4, 8, 16]))
+def test_byte_planes_invert_exactly_whatever_the_length(data, width):
+    assert from_planes(to_planes(data, width), width) == data
+
+
+def _stored_size(tmp_path, name, data, width):
+    store = ChunkStore(LocalBackend(tmp_path / name))
+    key = chunk_key(data)
+    written = store.put_many([(key, memoryview(data), width)])
+    assert store.read(key) == (data, width if written < len(data) // 2 else 1)
+    return written
+
+
+def test_timestamps_by_byte_planes_take_a_fraction_of_plain_zstd(tmp_path):
+    stamps = np.arange(1_700_000_000, 1_700_000_000 + 131_072, dtype=np.int64) * 10**9
+    data = stamps.tobytes() + b"tail"  # a tail shorter than an item
+    by_planes = _stored_size(tmp_path, "planes", data, 8)
+    plain = _stored_size(tmp_path, "plain", data, 1)
+    assert by_planes * 10 < plain < len(data)
+
+
+def test_random_bytes_stay_raw_and_come_back(tmp_path):
+    data = np.random.default_rng(0).bytes(200_000)
+    store = ChunkStore(LocalBackend(tmp_path / "s"))
+    key = chunk_key(data)
+    assert store.put_many([(key, data, 8)]) == len(data) + 1  # raw: one codec byte
+    assert store.get(key) == data
+
+
+def test_a_chunk_in_an_unknown_encoding_asks_for_a_newer_txpy(tmp_path):
+    backend = LocalBackend(tmp_path / "s")
+    data = b"x" * 100
+    key = chunk_key(data)
+    backend.put_many([(key, b"\x09" + data)])
+    with pytest.raises(StoreVersionError, match="upgrade txpy"):
+        ChunkStore(backend).get(key)
+
+
+def test_a_format_1_store_opens_and_is_marked_format_2(tmp_path):
+    store = tmp_path / ".txpy"
+    ns = {"a": np.arange(100_000, dtype=np.float64)}
+    with txpy.Session(store, "h", ns, notify=lambda m: None) as s:
+        cid = s.commit()
+    db = store / "txpy.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE info SET value='1' WHERE key='format'")
+    assert np.array_equal(txpy.load(store, "h", cid)["a"], ns["a"])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM info WHERE key='format'").fetchone() == ("2",)
