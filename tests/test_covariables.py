@@ -97,6 +97,25 @@ def test_an_object_freed_after_its_commit_does_not_join_names_later(session):
     assert _components(session) == [["a"], ["b"]]
 
 
+class WithDefaults:
+    """A library class whose instances all refer to one class-level default."""
+
+    shared_default: list = []
+
+    def __init__(self):
+        self.options = WithDefaults.shared_default
+
+
+def test_a_library_class_default_every_instance_holds_does_not_join_names(session, store):
+    ns = session.namespace
+    ns.update(a=WithDefaults(), b=WithDefaults(), c=[1])
+    ns["d"] = ns["c"]
+    session.commit()
+    assert _components(session) == [["a"], ["b"], ["c", "d"]]
+    state = txpy.load(store, "t")
+    assert state["a"].options == [] and state["c"] is state["d"]
+
+
 def test_frames_with_string_columns_stay_apart_and_real_sharing_still_joins(session, store):
     # pandas hands string columns and labels one cached dtype object: a descriptor, not a link
     ns = session.namespace
