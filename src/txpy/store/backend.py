@@ -102,6 +102,7 @@ class LocalBackend(Backend):
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 pending.append((fd, tmp, final))
                 written += _write_all(fd, body_parts(data))
+                _start_writeback(fd)
                 if len(pending) >= self.FSYNC_BATCH:
                     self._publish(pending)
             self._publish(pending)
@@ -128,13 +129,15 @@ class LocalBackend(Backend):
 
     def _publish(self, pending: list[tuple[int, str, str]]) -> None:
         """Make the batch durable, rename each file into place, fsync the directory; empties
-        it. Many files at once are flushed with one syncfs(2) (one journal commit, ~5x faster
-        than an fsync per small file here); a few are fsynced one by one."""
+        it. Each file's writeback started as it was written (_start_writeback), so the
+        fsyncs mostly wait for pages already on their way. Not syncfs(2): it is a little
+        faster for big batches (100 MB: 53 vs 61 ms) but also waits for every other
+        process's dirty data on the filesystem, so a commit could stall behind someone
+        else's multi-GB write."""
         if not pending:
             return
-        if len(pending) < SYNCFS_FROM or not _syncfs(pending[0][0]):
-            for fd, _, _ in pending:
-                os.fsync(fd)
+        for fd, _, _ in pending:
+            os.fsync(fd)
         while pending:
             fd, tmp, final = pending.pop()
             _drop_cached(fd)
@@ -345,23 +348,27 @@ def backend_for(url: str, **options: Any) -> Backend:
     return FsspecBackend(url, **options)
 
 
-#: Batches of at least this many files are flushed with syncfs(2) where it exists.
-SYNCFS_FROM = 16
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
+def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL(None, use_errno=True).syncfs  # type: ignore[no-any-return]
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):  # not Linux/glibc
         return None
+    if argtypes:
+        function.argtypes = list(argtypes)
+    return function  # type: ignore[no-any-return]
 
 
-_libc_syncfs = _load_syncfs()
+_libc_sync_file_range = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64,
+                                       ctypes.c_int64, ctypes.c_uint)
+_SYNC_FILE_RANGE_WRITE = 2
 
 
-def _syncfs(fd: int) -> bool:
-    """Flush the whole filesystem holding fd; False if syncfs is unavailable or failed."""
-    return _libc_syncfs is not None and _libc_syncfs(fd) == 0
+def _start_writeback(fd: int) -> None:
+    """Have the kernel start writing fd's pages to disk now, without waiting: by the time
+    the batch is fsynced they are mostly there (a 10.4 MB batch of 13 chunks: 16.7 -> 12 ms
+    median). Durability still comes from the fsync."""
+    if _libc_sync_file_range is not None:
+        _libc_sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _write_all(fd: int, parts: tuple[Bytes, ...]) -> int:
