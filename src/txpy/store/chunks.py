@@ -68,14 +68,17 @@ class ChunkStore:
         compressor = getattr(self._per_thread, "compressor", None)
         if compressor is None:
             compressor = self._per_thread.compressor = zstandard.ZstdCompressor(level=self._level)
-        planes = to_planes if 1 < width < 256 and "numpy" in sys.modules else None
         probe = data[:PROBE_BYTES - PROBE_BYTES % width]
-        if planes is not None:
-            probe = planes(probe, width)
-        if len(compressor.compress(probe)) >= COMPRESS_IF_BELOW * len(probe):
+        size = len(compressor.compress(probe))
+        if 1 < width < 256 and "numpy" in sys.modules:
+            # by planes is usually much smaller, but not always (wide records, repeats)
+            by_planes = len(compressor.compress(to_planes(probe, width)))
+            if by_planes < size:
+                if by_planes >= COMPRESS_IF_BELOW * len(probe):
+                    return RAW, data
+                return PLANES + bytes((width,)), compressor.compress(to_planes(data, width))
+        if size >= COMPRESS_IF_BELOW * len(probe):
             return RAW, data  # not joined: a copy into fresh memory costs ~3 ms per MB here
-        if planes is not None:
-            return PLANES + bytes((width,)), compressor.compress(planes(data, width))
         return ZSTD, compressor.compress(data)
 
     def put_many(self, chunks: Iterable[tuple[str, Bytes, int]]) -> int:
