@@ -1,17 +1,19 @@
 """Overhead of %load_ext txpy on small tutorial-like notebooks, run in a real kernel.
 
-    python benchmarks/bench_notebooks.py
+    python benchmarks/bench_notebooks.py [--think SECONDS]
 
 Each notebook (generated data only, modeled on the pandas "10 minutes", scikit-learn
 "getting started" and PyTorch "quickstart" tutorials) runs in a fresh kernel without txpy,
 with txpy's default (sync) durability and with async durability, interleaved in the same run;
 we print the best total time of each, the overheads, the store size and the time
 ``%txpy restore`` takes in a new kernel. A last run measures a training-loop-like cell reading
-globals in a tight loop, where a tracking namespace would hurt most.
+globals in a tight loop, where a tracking namespace would hurt most. With ``--think``, the
+kernel idles after each cell as when a person reads the output (see execute).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
@@ -86,8 +88,12 @@ def notebook(cells: list[str], durability: str | None) -> nbformat.NotebookNode:
     return nb
 
 
-def execute(nb: nbformat.NotebookNode, cwd: str) -> float:
-    """Seconds spent in the notebook's own cells (the kernel start and txpy's setup excluded)."""
+def execute(nb: nbformat.NotebookNode, cwd: str, think: float = 0.0) -> float:
+    """Seconds spent in the notebook's own cells (the kernel start and txpy's setup excluded).
+
+    think: seconds of idle time after each cell, not counted, as a person reading the output
+    leaves: async durability writes a commit then; run back to back, it competes with the
+    next cell for the machine's cores."""
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": cwd}})
     client.km = client.create_kernel_manager()
@@ -99,6 +105,7 @@ def execute(nb: nbformat.NotebookNode, cwd: str) -> float:
             client.execute_cell(cell, index)
             if not cell.source.startswith("%"):
                 total += time.perf_counter() - started
+                time.sleep(think)
             errors = [o for o in cell.get("outputs", ()) if o.get("output_type") == "error"
                       or (o.get("name") == "stderr" and "could not" in o.get("text", ""))]
             if errors:
@@ -128,14 +135,14 @@ def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def bench(name: str, cells: list[str], repeat: int = 3) -> None:
+def bench(name: str, cells: list[str], repeat: int = 3, think: float = 0.0) -> None:
     """Runs without txpy, with sync and with async durability, interleaved; best of repeat."""
     runs: dict[str | None, list[float]] = {None: [], "sync": [], "async": []}
     store_size = restore = 0.0
     for _ in range(repeat):
         for durability, times in runs.items():
             with tempfile.TemporaryDirectory() as d:
-                times.append(execute(notebook(cells, durability), d))
+                times.append(execute(notebook(cells, durability), d, think))
                 if durability == "sync":
                     store_size = size(Path(d) / ".txpy")
                     restore = restore_seconds(d)
@@ -146,15 +153,20 @@ def bench(name: str, cells: list[str], repeat: int = 3) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--think", type=float, default=0.0, metavar="SECONDS",
+                        help="idle time after each cell, not counted (default: 0, back to back)")
+    think = parser.parse_args().think
     os.environ.pop("TXPY_VERIFY", None)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; best of 3 runs each")
-    bench("pandas", PANDAS)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; best of 3 runs each"
+          + (f"; {think:g} s idle after each cell" if think else "; cells back to back"))
+    bench("pandas", PANDAS, think=think)
     if importlib.util.find_spec("sklearn"):
-        bench("scikit-learn", SKLEARN)
+        bench("scikit-learn", SKLEARN, think=think)
     else:
         print("scikit-learn: not installed, skipped")
-    bench("pytorch", TORCH)
-    bench("tight-loop", TIGHT_LOOP)
+    bench("pytorch", TORCH, think=think)
+    bench("tight-loop", TIGHT_LOOP, think=think)
 
 
 if __name__ == "__main__":
