@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 import txpy
+from conftest import run
 from txpy import encode
 
 
@@ -114,6 +115,21 @@ def test_a_library_class_default_every_instance_holds_does_not_join_names(sessio
     assert _components(session) == [["a"], ["b"], ["c", "d"]]
     state = txpy.load(store, "t")
     assert state["a"].options == [] and state["c"] is state["d"]
+
+
+def test_class_defaults_of_a_class_made_in_any_namespace_stay_shared(store):
+    # a namespace without __name__ gives its classes __module__ "builtins": still user state
+    ns: dict = {}
+    run(ns, """
+        class Options:
+            defaults = []
+        a, b = Options(), Options()
+        a.opts = b.opts = Options.defaults
+    """)
+    with txpy.Session(store, "t", ns, notify=lambda m: None) as s:
+        cid = s.commit()
+    state = txpy.load(store, "t", cid)
+    assert state["a"].opts is state["b"].opts is state["Options"].defaults
 
 
 def test_frames_with_string_columns_stay_apart_and_real_sharing_still_joins(session, store):

@@ -91,15 +91,33 @@ def _scan_module(module: Any) -> None:
 
 
 def _scan_classes(kind: type) -> None:
-    """Register the attributes of kind and its bases, unless it is defined by the user."""
+    """Register the attributes of kind and its bases that a library defines: classes its
+    module holds (importable, so pickled by reference), not the user's own (``__main__``,
+    or made by exec in a namespace: pickled by value, their attributes are user state)."""
     for cls in type.__getattribute__(kind, "__mro__"):  # skips metaclass hooks, which can warn
         if cls in _scanned_classes:
             continue
         _scanned_classes.add(cls)
         namespace = type.__getattribute__(cls, "__dict__")
-        if namespace.get("__module__") not in (None, "__main__"):
+        module = namespace.get("__module__")
+        if module != "__main__" and _held_by_module(cls, module):
             members = list(namespace.values())
             _library_objects.update(zip(map(id, members), members, strict=True))
+
+
+def _held_by_module(cls: type, module_name: Any) -> bool:
+    """Whether cls is what its module holds under its qualified name (plain dict lookups:
+    attribute access can run hooks)."""
+    holder: Any = sys.modules.get(module_name) if isinstance(module_name, str) else None
+    for part in type.__getattribute__(cls, "__qualname__").split("."):
+        try:
+            holder = (vars(holder) if isinstance(holder, types.ModuleType)
+                      else type.__getattribute__(holder, "__dict__")).get(part)
+        except TypeError:  # holder is not a module or class
+            return False
+        if holder is None:
+            return False
+    return holder is cls
 
 
 def _foreign_function(obj: Any, namespace: Mapping[str, Any] | None) -> bool:
