@@ -112,7 +112,8 @@ def test_numeric_arrays_restore_bit_for_bit_whatever_their_compression(dtype, si
         value = np.zeros(size, dtype)
         for field in dtype.names or [None]:
             target = value[field] if field else value
-            target[...] = (step % 2 if target.dtype == bool else step).astype(target.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # float16 overflows: inf
+                target[...] = (step % 2 if target.dtype == bool else step).astype(target.dtype)
     root = tempfile.mkdtemp()
     try:
         with txpy.Session(f"{root}/.txpy", "p", {"a": value}, notify=lambda m: None) as s:
