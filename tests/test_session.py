@@ -1,6 +1,7 @@
 """The core user story of issue 2: commit, transaction/rollback, checkout, log, diff, load."""
 
 import random
+import textwrap
 
 import numpy as np
 import pytest
@@ -258,6 +259,36 @@ def test_a_commit_imports_nothing_the_user_did_not(tmp_path):
             "print('numpy.random' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_function_using_a_submodule_imported_after_its_first_commit_restores_elsewhere(
+        tmp_path):
+    # make() reaches email.mime.text through `email`: a restore must import the submodule,
+    # including when it was imported only after make() had already been committed once
+    import subprocess
+    import sys
+
+    store = str(tmp_path / ".txpy")
+    (tmp_path / "commit.py").write_text(textwrap.dedent(f"""
+        import txpy
+        ns = {{"__name__": "__main__"}}
+        s = txpy.Session(store={store!r}, name="h", namespace=ns)
+        exec("import email\\n"
+             "def make(t):\\n"
+             "    return email.mime.text.MIMEText(t).get_payload()", ns)
+        s.commit()
+        exec("import email.mime.text\\nx = make('hi')", ns)
+        s.commit(candidates={{"email", "make", "x"}})
+    """))
+    (tmp_path / "restore.py").write_text(textwrap.dedent(f"""
+        import sys, txpy
+        assert "email.mime.text" not in sys.modules
+        print(txpy.load({store!r}, "h")["make"]("hello"))
+    """))
+    subprocess.run([sys.executable, tmp_path / "commit.py"], check=True, capture_output=True)
+    out = subprocess.run([sys.executable, tmp_path / "restore.py"], capture_output=True,
+                         text=True)
+    assert out.stdout.strip() == "hello", out.stderr
 
 
 def test_a_big_commit_mixing_compressible_and_random_chunks_comes_back_exactly(session, store):

@@ -109,10 +109,8 @@ class _StatePickler(cloudpickle.Pickler):
 
     def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
         code, _, _, _, closure = self._function_getnewargs(func)
-        state, slotstate = _cp._function_getstate(func)
-        slotstate["__globals__"] = {}
         return (types.FunctionType, (code, _NAMESPACE, None, None, closure),
-                (state, slotstate), None, None, _cp._function_setstate)
+                _function_state(func), None, None, _cp._function_setstate)
 
     def _tensor_reduce(self, torch: Any, t: Any) -> Any:
         if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu"
@@ -135,6 +133,44 @@ class _StatePickler(cloudpickle.Pickler):
         return (_rebuild_tensor, (holder, t.dtype, t.storage_offset(), tuple(t.size()),
                                   tuple(t.stride()), t.requires_grad, grad,
                                   isinstance(t, torch.nn.Parameter), state))
+
+
+def _function_state(func: types.FunctionType) -> tuple[dict[str, Any], dict[str, Any]]:
+    """cloudpickle's _function_getstate without the globals (a restored function uses the live
+    namespace), with its submodule lookup cached: that lookup scans sys.modules for every
+    function every time (0.9 ms for a function using torch and numpy, 0.06 ms cached)."""
+    slotstate = {
+        "__name__": "".join(func.__name__),  # "".join: see cloudpickle (string interning)
+        "__qualname__": "".join(func.__qualname__),
+        "__annotations__": func.__annotations__,
+        "__kwdefaults__": func.__kwdefaults__,
+        "__defaults__": func.__defaults__,
+        "__module__": func.__module__,
+        "__doc__": func.__doc__,
+        "__closure__": func.__closure__,
+        "__globals__": {},
+        "_cloudpickle_submodules": _submodules_used(func),
+    }
+    return {"".join(k): v for k, v in func.__dict__.items()}, slotstate
+
+
+_submodules: dict[tuple[Any, ...], list[types.ModuleType]] = {}
+
+
+def _submodules_used(func: types.FunctionType) -> list[types.ModuleType]:
+    """The imported submodules func reaches as attributes of modules it uses (``np.linalg``),
+    so that a restore imports them; cached while sys.modules keeps its size."""
+    names = _cp._extract_code_globals(func.__code__)
+    used = [func.__globals__[n] for n in names if n in func.__globals__]
+    used += map(_cp._get_cell_contents, func.__closure__ or ())
+    modules = tuple(m for m in used if isinstance(m, types.ModuleType))
+    key = (func.__code__, modules, len(sys.modules))
+    found = _submodules.get(key)
+    if found is None:
+        if len(_submodules) >= 4096:
+            _submodules.clear()
+        found = _submodules[key] = _cp._find_imported_submodules(func.__code__, modules)
+    return found
 
 
 class _StorageHolder:
