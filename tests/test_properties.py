@@ -122,3 +122,36 @@ def test_numeric_arrays_restore_bit_for_bit_whatever_their_compression(dtype, si
     finally:
         shutil.rmtree(root)
     assert restored.dtype == value.dtype and restored.tobytes() == value.tobytes()
+
+
+def _groups_from_scratch(reached):
+    """Connected components of names linked by a shared id: the plain, whole-session way."""
+    groups = [{name} for name in reached]
+    for ids in {i for s in reached.values() for i in s}:
+        touching = [g for g in groups if any(ids in reached[n] for n in g)]
+        groups = [g for g in groups if g not in touching] + [set().union(*touching)]
+    return sorted(tuple(sorted(g)) for g in groups)
+
+
+id_sets = st.sets(st.integers(0, 12), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from("abcdef"), st.none() | id_sets), max_size=25),
+       fresh=st.dictionaries(st.sampled_from("abcdef"), id_sets, max_size=3),
+       unstored=st.sets(st.sampled_from("abcdef"), max_size=2))
+def test_incremental_grouping_equals_grouping_from_scratch(steps, fresh, unstored):
+    """Names set and dropped one at a time, then some examined afresh: the groups are those a
+    computation over every name's current ids gives."""
+    from txpy.graph import SharingIndex
+
+    index, known = SharingIndex(), {}
+    for name, ids in steps:
+        if ids is None:
+            index.discard(name)
+            known.pop(name, None)
+        else:
+            index.set(name, ids)
+            known[name] = ids
+    reached = {n: ids for n, ids in known.items() if n not in unstored} | fresh
+    assert index.groups(reached, fresh) == _groups_from_scratch(reached)

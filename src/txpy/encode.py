@@ -71,6 +71,9 @@ class Encoded:
     storages: set[int] = field(default_factory=set)
     #: item size of each buffer (8 for float64…): the store compresses by byte planes
     widths: list[int] = field(default_factory=list)
+    #: shared came from the pickler's memo, so it may hold the pickler's temporaries too (a
+    #: walk of the object graph only finds objects the value holds)
+    from_memo: bool = False
 
 
 class _StatePickler(cloudpickle.Pickler):
@@ -302,10 +305,12 @@ def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: boo
         raise UnpicklableError(_reason(e)) from None
     stream = out.getvalue()
     shared = {}
+    from_memo = collect_shared and len(stream) <= MEMO_LIMIT
     if collect_shared:
-        shared = (graph.shared_in_memo(pickler.memo.copy(), namespace) if len(stream) <= MEMO_LIMIT
+        shared = (graph.shared_in_memo(pickler.memo.copy(), namespace) if from_memo
                   else graph.reachable_shared(value, namespace))
-    return Encoded(stream, buffers, shared, pickler.notes, pickler.storage_keys, widths)
+    return Encoded(stream, buffers, shared, pickler.notes, pickler.storage_keys, widths,
+                   from_memo)
 
 
 def _reason(e: Exception) -> str:

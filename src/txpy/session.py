@@ -54,9 +54,6 @@ class _Known:
     shared: dict[int, Any]
     storages: frozenset[int]
 
-    def reached(self) -> set[int]:
-        return set(self.shared) | self.storages
-
 
 def persistent(shared: dict[int, Any]) -> dict[int, Any]:
     """The objects in shared that outlive it, by id; empties it.
@@ -118,6 +115,7 @@ class Session:
         self.notify = notify
         self._writer = ComponentWriter(self.repo.chunks)
         self._known: dict[str, _Known] = {}
+        self._sharing = graph.SharingIndex()  # what each name in _known reached, by id
         self._components: dict[tuple[tuple[str, ...], str], str] = {}  # (names, digest) -> key
         self._warned: set[tuple[str, str]] = set()
         self._branch, head = self.repo.meta.head(name)
@@ -170,14 +168,14 @@ class Session:
         current = self._tracked()
         examine = self._to_examine(current, cand)
         prints, unstored = self._encode_names(current, examine)
-        reached = {n: set(fp.encoded.shared) | fp.encoded.storages for n, fp in prints.items()}
+        fresh = {n: set(fp.encoded.shared) | fp.encoded.storages for n, fp in prints.items()}
+        stored = list(fresh)
         for n in current.keys() - examine:
-            known = self._known[n]
-            if known.digest is None:
+            if self._known[n].digest is None:
                 unstored[n] = self._tree.unstored[n] if self._tree else Unstored("?", "?")
             else:
-                reached[n] = known.reached()
-        groups = graph.components(reached)
+                stored.append(n)
+        groups = self._sharing.groups(stored, fresh)
         tree, staged = self._build_tree(current, examine, prints, groups, unstored)
         tree_key = self._writer.stage_object(tree.to_bytes())
         if self._head is not None and tree_key == self._head.tree:
@@ -237,7 +235,7 @@ class Session:
         """A commit failed to be written: HEAD is what it was, and nothing examined since is
         trusted (the next commit examines every name)."""
         self._head, self._tree, self._branch = before.head, before.tree, before.branch
-        self._known.clear()
+        self._forget()
 
     def wait(self) -> None:
         """Wait for the commit being written in the background (async durability); if it
@@ -334,14 +332,27 @@ class Session:
                   prints: dict[str, Fingerprint]) -> None:
         for n in list(self._known):
             if n not in current:
-                del self._known[n]
+                self._forget(n)
         for n in examine:
             fp = prints.get(n)
             if fp is None:
+                self._forget(n)
                 self._known[n] = _Known(id(current[n]), None, {}, frozenset())
                 continue
-            self._known[n] = _Known(id(current[n]), fp.digest, persistent(fp.encoded.shared),
-                                    frozenset(fp.encoded.storages))
+            shared = fp.encoded.shared
+            known = self._known[n] = _Known(id(current[n]), fp.digest,
+                                            persistent(shared) if fp.encoded.from_memo else shared,
+                                            frozenset(fp.encoded.storages))
+            self._sharing.set(n, known.shared.keys() | known.storages)
+
+    def _forget(self, name: str | None = None) -> None:
+        """Know nothing more of name (of every name if None): it will be examined."""
+        if name is None:
+            self._known.clear()
+            self._sharing.clear()
+        else:
+            self._known.pop(name, None)
+            self._sharing.discard(name)
 
     def _verify_against(self, tree: Tree) -> None:
         """Verify mode: every name, examined or not, must match what was committed."""
@@ -405,7 +416,7 @@ class Session:
         target = self.repo.resolve(self.name, ref)
         branch = self._branch if ref is None else (
             ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None)
-        self._known.clear()
+        self._forget()
         self._move_to(target, branch)
         return target
 
@@ -446,7 +457,7 @@ class Session:
                 continue
             else:
                 self.namespace.pop(n, None)
-            self._known.pop(n, None)
+            self._forget(n)
         kept = sorted(n for n in names if n in tree.unstored and n in current)
         if kept:
             self.notify("kept as they are (never stored, cannot be rolled back): "
