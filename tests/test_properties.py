@@ -139,13 +139,13 @@ id_sets = st.sets(st.integers(0, 12), max_size=5)
 @settings(max_examples=300, deadline=None)
 @given(steps=st.lists(st.tuples(st.sampled_from("abcdef"), st.none() | id_sets), max_size=25),
        fresh=st.dictionaries(st.sampled_from("abcdef"), id_sets, max_size=3),
-       unstored=st.sets(st.sampled_from("abcdef"), max_size=2))
-def test_incremental_grouping_equals_grouping_from_scratch(steps, fresh, unstored):
+       unstored=st.sets(st.sampled_from("abcdef"), max_size=2), pairwise=st.booleans())
+def test_incremental_grouping_equals_grouping_from_scratch(steps, fresh, unstored, pairwise):
     """Names set and dropped one at a time, then some examined afresh: the groups are those a
-    computation over every name's current ids gives."""
-    from txpy.graph import SharingIndex
+    computation over every name's current ids gives (both ways of comparing examined names)."""
+    from txpy import graph
 
-    index, known = SharingIndex(), {}
+    index, known = graph.SharingIndex(), {}
     for name, ids in steps:
         if ids is None:
             index.discard(name)
@@ -154,4 +154,8 @@ def test_incremental_grouping_equals_grouping_from_scratch(steps, fresh, unstore
             index.set(name, ids)
             known[name] = ids
     reached = {n: ids for n, ids in known.items() if n not in unstored} | fresh
-    assert index.groups(reached, fresh) == _groups_from_scratch(reached)
+    default, graph.PAIRWISE_UP_TO = graph.PAIRWISE_UP_TO, (16 if pairwise else 0)
+    try:
+        assert index.groups(reached, fresh) == _groups_from_scratch(reached)
+    finally:
+        graph.PAIRWISE_UP_TO = default

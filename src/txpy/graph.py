@@ -160,6 +160,11 @@ def reachable_shared(value: Any, namespace: Mapping[str, Any] | None) -> dict[in
     return found
 
 
+#: up to this many examined names, pairs of them are compared as sets (C speed); beyond,
+#: their ids are walked once (pairs grow as the square)
+PAIRWISE_UP_TO = 16
+
+
 class SharingIndex:
     """Which names reach each shareable object (by id), kept up to date one name at a time.
 
@@ -244,26 +249,41 @@ class SharingIndex:
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
 
+        partners: dict[str, set[str]] = {}  # linked names, for the examined ones
         for a, b in self._links:
             if a not in fresh and b not in fresh:
                 union(a, b)
-        first: dict[int, str] = {}
-        for name, ids in fresh.items():  # as costly as encoding them was, and much cheaper
-            for i in ids:
-                other = first.setdefault(i, name)
-                if other != name:
-                    union(name, other)
-            # ids others reach: new to name and in the index, or shared already (loops over
-            # the smaller side: both are usually tiny next to what name reaches)
-            shared = self._owners
-            reached_by_others = [i for i in ids - self._ids.get(name, frozenset())
-                                 if i in self._owner]
-            reached_by_others += ([i for i in shared if i in ids] if len(shared) < len(ids)
-                                  else [i for i in ids if i in shared])
-            for i in reached_by_others:
-                for o in shared.get(i) or (self._owner[i],):
-                    if o not in fresh:
-                        union(name, o)
+            else:
+                partners.setdefault(a, set()).add(b)
+                partners.setdefault(b, set()).add(a)
+        examined = list(fresh.items())
+        if len(examined) <= PAIRWISE_UP_TO:  # a few names: set operations in C
+            for index, (name, ids) in enumerate(examined):
+                for other, other_ids in examined[:index]:
+                    if not ids.isdisjoint(other_ids):
+                        union(name, other)
+        else:  # many names: one pass over their ids
+            first: dict[int, str] = {}
+            for name, ids in examined:
+                for i in ids:
+                    other = first.setdefault(i, name)
+                    if other != name:
+                        union(name, other)
+        for name, ids in examined:
+            # names not examined now that it reaches: through ids the index links them by,
+            # or through ids new to it
+            # (membership tests only: `x - fresh.keys()` would walk all of fresh each time)
+            others = {o for o in partners.get(name, ())
+                      if o not in fresh and not ids.isdisjoint(self._ids[o])}
+            for i in ids - self._ids.get(name, frozenset()):
+                owners = self._owners.get(i)
+                if owners is not None:
+                    others.update(owners)
+                elif i in self._owner:
+                    others.add(self._owner[i])
+            for o in others:
+                if o not in fresh:
+                    union(name, o)
         groups: dict[str, list[str]] = {}
         for name in parent:
             groups.setdefault(find(name), []).append(name)
