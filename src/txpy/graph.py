@@ -11,6 +11,7 @@ import pickle
 import sys
 import types
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from itertools import compress
 from typing import Any
 
@@ -174,14 +175,15 @@ class SharingIndex:
     """
 
     def __init__(self) -> None:
-        self._ids: dict[str, frozenset[int]] = {}
+        self._ids: dict[str, AbstractSet[int]] = {}
         self._owner: dict[int, str] = {}  # each id to one name reaching it
         self._owners: dict[int, set[str]] = {}  # ids two or more names reach: all of them
         self._links: dict[tuple[str, str], int] = {}  # (a, b), a < b: how many ids they share
 
-    def set(self, name: str, ids: Iterable[int]) -> None:
-        """name now reaches exactly ids (only the difference is worked through)."""
-        new, old = frozenset(ids), self._ids.get(name, frozenset())
+    def set(self, name: str, ids: AbstractSet[int]) -> None:
+        """name now reaches exactly ids, a set the caller no longer changes (kept, not copied;
+        only the difference from what name reached before is worked through)."""
+        new, old = ids, self._ids.get(name, frozenset())
         for i in old - new:
             self._remove_owner(i, name)
         for i in new - old:
