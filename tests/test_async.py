@@ -47,7 +47,7 @@ def test_a_failed_background_write_is_reported_and_nothing_is_lost(asession, sto
     c1 = asession.commit()
     asession.wait()
 
-    def disk_full(chunks):
+    def disk_full(chunks, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(asession.repo.chunks, "put_many", disk_full)
@@ -69,7 +69,8 @@ def test_a_commit_encoded_during_a_failing_write_is_abandoned_then_redone(asessi
     asession.commit()
     asession.wait()
     monkeypatch.setattr(asession.repo.chunks, "put_many",
-                        lambda chunks: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+                        lambda chunks, **kwargs: (_ for _ in ()).throw(
+                            OSError(errno.EIO, "I/O error")))
     ns["a"].append(2)
     asession.commit()          # written in the background: fails
     ns["b"] = "next cell"

@@ -135,7 +135,7 @@ def test_commit_signed_by_an_untrusted_key_is_refused(store):
 def test_gc_removes_only_unreferenced_chunks(store):
     s, cid = _commit_sample(store)
     orphan = s._writer.stage_object(b"left behind by a crashed commit")
-    s.repo.chunks.put_many(s._writer.take(private=False))
+    s.repo.chunks.put_many(s._writer.take(private=False)[0])
     removed, _ = s.repo.gc()
     assert removed == 1 and not s.repo.chunks.has(orphan)
     assert txpy.load(store, "f", cid)["x"] == list(range(1000))

@@ -13,6 +13,7 @@ import xxhash
 
 from .encode import Encoded, encode
 from .model import BufferRef, ComponentManifest
+from .store.backend import Bytes
 from .store.chunks import ChunkStore, chunk_key
 
 CHUNK_SIZE = 1 << 20
@@ -99,16 +100,31 @@ class ComponentWriter:
         self._pending.append((key, memoryview(body), 1))
         return key
 
-    def take(self, private: bool) -> list[tuple[str, bytes | memoryview, int]]:
-        """The queued chunks the store lacks as (key, data, item size), emptying the queue.
-        private: copy those that are views of live objects (user arrays may change while a
-        background writer runs); only new chunks are copied."""
+    def take(self, private: bool) -> tuple[list[tuple[str, Bytes, int]], set[str]]:
+        """The queued chunks, each once, as (key, data, item size), emptying the queue; and
+        the keys that are still views of live objects.
+
+        Which chunks the store lacks is decided by the writer under the store lock (a gc may
+        delete an orphan of the same content at any time before). private: copy the chunks
+        the store seems to lack now, because user arrays may change while a background
+        writer runs; the others stay views, rechecked against their key if they must be
+        written after all.
+        """
         pending, self._pending = self._pending, []
-        new = {k: (data, width) for k, data, width in pending if not self.chunks.has(k)}
-        if private:
-            return [(k, data if isinstance(data.obj, bytes) else bytes(data), width)
-                    for k, (data, width) in new.items()]
-        return [(k, data, width) for k, (data, width) in new.items()]
+        unique = {k: (data, width) for k, data, width in pending}
+        if not private:
+            return [(k, data, width) for k, (data, width) in unique.items()], set()
+        chunks: list[tuple[str, Bytes, int]] = []
+        live: set[str] = set()
+        for k, (data, width) in unique.items():
+            if isinstance(data.obj, bytes):
+                chunks.append((k, data, width))
+            elif self.chunks.has(k):
+                chunks.append((k, data, width))
+                live.add(k)
+            else:
+                chunks.append((k, bytes(data), width))
+        return chunks, live
 
     def discard(self) -> None:
         """Forget queued chunks (the commit was abandoned)."""

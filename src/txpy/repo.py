@@ -6,13 +6,16 @@ Layout of a store (``.txpy/``)::
     small.db     content-addressed objects under 64 KiB (manifests, trees, small chunks)
     objects/     content-addressed chunks of 64 KiB and more, a file each
     key          this store's Ed25519 signing key (signs commit ids), mode 0600
-    lock         flock: writers share it, gc takes it alone
+    lock         flock: writers share it, gc takes it alone; holds gc's epoch (8 bytes), which
+                 gc bumps before it deletes anything, so writers know their cache of which
+                 chunks exist has gone stale
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -130,12 +133,18 @@ class Repository:
     # locking
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Held while a commit writes chunks: gc (which needs the lock alone) waits."""
+        """Held while a commit decides which chunks exist, writes the others and publishes
+        its record: gc (which needs the lock alone) cannot delete a chunk in between."""
         fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         try:
+            self.chunks.revalidate(self._gc_epoch())
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _gc_epoch(self) -> int:
+        raw = os.pread(self._lock_fd, 8, 0)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -223,6 +232,11 @@ class Repository:
         with self.meta.write() as conn:
             self.meta.set_head(conn, history, branch, commit_id)
 
+    def move_branch(self, history: str, name: str, commit_id: str) -> None:
+        """Point branch name at commit_id (created if absent)."""
+        with self.meta.write() as conn:
+            self.meta.set_branch(conn, history, name, commit_id)
+
     def create_branch(self, history: str, name: str, commit_id: str) -> None:
         if self.meta.branch_commit(history, name) is not None:
             raise UnknownRefError(f"branch {name!r} already exists in history {history!r}")
@@ -276,6 +290,8 @@ class Repository:
     def gc(self) -> tuple[int, int]:
         """Delete chunks no commit refers to; return (chunks removed, bytes freed)."""
         with self.exclusive():
+            # first: a writer that saw a chunk exist before this gc must look again
+            os.pwrite(self._lock_fd, struct.pack("<Q", self._gc_epoch() + 1), 0)
             live = self._reachable()
             removed = freed = 0
             backend = self._objects

@@ -18,13 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import env, graph, rng
+from . import env, graph, interrupts, rng
 from .delta import ComponentWriter, Fingerprint, digest_of, fingerprint
 from .encode import UnpicklableError, decode, encode
 from .errors import CommitFailedError, RestoreError, TxpyError, TxpyWarning
 from .humanize import size
 from .model import Commit, ComponentManifest, Diff, Tree, Unstored
 from .repo import Repository
+from .store.backend import Bytes
 from .store.chunks import chunk_key
 
 RNG_NAME = "<random generators>"
@@ -162,25 +163,28 @@ class Session:
         candidates: names the transaction could have read or written; None examines all.
         With async durability, this commit is encoded while the previous one is still being
         written; it waits for that write only before publishing itself.
+
+        All or nothing, for the store and for this session's own bookkeeping: whatever
+        exception lands wherever (an interrupt included), either the commit is published and
+        HEAD, known digests and sharing index all describe it, or none of them changed.
         """
         started = time.perf_counter()
         cand = None if candidates is None else set(candidates)
-        current = self._tracked()
-        examine = self._to_examine(current, cand)
-        prints, unstored = self._encode_names(current, examine)
-        fresh = {n: set(fp.encoded.shared) | fp.encoded.storages for n, fp in prints.items()}
-        stored = list(fresh)
-        for n in current.keys() - examine:
-            if self._known[n].digest is None:
-                unstored[n] = self._tree.unstored[n] if self._tree else Unstored("?", "?")
-            else:
-                stored.append(n)
-        groups = self._sharing.groups(stored, fresh)
-        tree, staged = self._build_tree(current, examine, prints, groups, unstored)
-        tree_key = self._writer.stage_object(tree.to_bytes())
+        try:
+            current = self._tracked()
+            examine = self._to_examine(current, cand)
+            prints, unstored = self._encode_names(current, examine)
+            tree, staged = self._tree_of(current, examine, prints, unstored)
+            tree_key = self._writer.stage_object(tree.to_bytes())
+            learned = self._learned(current, examine, prints)
+        except BaseException:
+            self._writer.discard()
+            raise
+        gone = self._known.keys() - current.keys()
         if self._head is not None and tree_key == self._head.tree:
             self._writer.discard()
-            self._remember(current, examine, prints)
+            with interrupts.held():
+                self._adopt(learned, gone)
             if self.verify and cand is not None:
                 self._verify_against(tree)
             return self._head.id
@@ -190,8 +194,9 @@ class Session:
             self._writer.discard()
             raise
         background = self.durability == "async"
-        chunks = self._writer.take(private=background)
-        new_bytes = sum(len(d) for _, d, _ in chunks)
+        chunks, live = self._writer.take(private=background)
+        new_bytes = sum(len(d) for k, d, _ in chunks if k not in live and not
+                        self.repo.chunks.has(k))
         if not background:
             self._announce("writing", new_bytes)
         commit = with_id(Commit(
@@ -203,33 +208,57 @@ class Session:
                    "commit_seconds": round(time.perf_counter() - started, 6)},
         ))
         before = _Published(self._head, self._tree, self._branch)
-        self._head, self._tree = commit, tree
-        self._remember(current, examine, prints)
         if background:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txpy-writer")
-            self._writing = (self._pool.submit(self._publish, commit, chunks, staged, before),
-                             before)
+            with interrupts.held():  # the writer may not start without its way back
+                self._head, self._tree = commit, tree
+                self._adopt(learned, gone)
+                self._writing = (self._pool.submit(self._publish, commit, chunks, live, staged,
+                                                   before, self._on_branch), before)
         else:
-            try:
-                self._publish(commit, chunks, staged, before)
-            except BaseException:
-                self._back_to(before)
-                raise
+            def adopt(branch: str) -> None:
+                self._head, self._tree, self._branch = commit, tree, branch
+                self._adopt(learned, gone)
+            self._publish(commit, chunks, live, staged, before, adopt)
         if self.verify and cand is not None:
             self._verify_against(tree)
         return commit.id
 
-    def _publish(self, commit: Commit, chunks: list[tuple[str, bytes | memoryview, int]],
-                 staged: dict[tuple[tuple[str, ...], str], str], before: _Published) -> None:
-        """Write a commit's new chunks, then its record and branch move (one SQLite txn)."""
+    def _tree_of(self, current: dict[str, Any], examine: set[str],
+                 prints: dict[str, Fingerprint], unstored: dict[str, Unstored]
+                 ) -> tuple[Tree, dict[tuple[tuple[str, ...], str], str]]:
+        """The tree of the namespace now, its changed components staged in the writer."""
+        fresh = {n: set(fp.encoded.shared) | fp.encoded.storages for n, fp in prints.items()}
+        stored = list(fresh)
+        for n in current.keys() - examine:
+            if self._known[n].digest is None:
+                unstored[n] = self._tree.unstored[n] if self._tree else Unstored("?", "?")
+            else:
+                stored.append(n)
+        groups = self._sharing.groups(stored, fresh)
+        return self._build_tree(current, examine, prints, groups, unstored)
+
+    def _publish(self, commit: Commit, chunks: list[tuple[str, Bytes, int]], live: set[str],
+                 staged: dict[tuple[tuple[str, ...], str], str], before: _Published,
+                 adopt: Callable[[str], None]) -> None:
+        """Write a commit's new chunks, then its record and branch move (one SQLite txn).
+
+        Under the store lock, so that a gc cannot delete a chunk between the check that it
+        exists and the record that relies on it. The record and `adopt(branch)` (the session
+        taking the commit as its HEAD) happen with signals held: both or neither.
+        """
         with self.repo.writing():
-            self.repo.chunks.put_many(chunks)
-            _, branch = self.repo.new_commit(commit, before.branch)
+            self.repo.chunks.put_many(chunks, recheck=live)
+            with interrupts.held():
+                _, branch = self.repo.new_commit(commit, before.branch)
+                self._components.update(staged)
+                adopt(branch)
         if branch != before.branch and before.head is not None:
             self.notify(self._branch_message(branch, before))
+
+    def _on_branch(self, branch: str) -> None:
         self._branch = branch
-        self._components.update(staged)
 
     def _back_to(self, before: _Published) -> None:
         """A commit failed to be written: HEAD is what it was, and nothing examined since is
@@ -239,17 +268,29 @@ class Session:
 
     def wait(self) -> None:
         """Wait for the commit being written in the background (async durability); if it
-        failed, the session goes back to the last written commit and this raises."""
-        pending, self._writing = self._writing, None
+        failed, the session goes back to the last written commit and this raises.
+
+        Interrupted while waiting, the write stays pending: it may still succeed, and the
+        session must not go back to a HEAD the store has already moved past."""
+        pending = self._writing
         if pending is None:
             return
         future, before = pending
         try:
             future.result()
         except BaseException as e:
-            self._back_to(before)
-            raise CommitFailedError(f"the last commit could not be written ({type(e).__name__}:"
-                                    f" {e}); HEAD is back at the last commit that was") from e
+            if not future.done():
+                raise
+            self._writing = None
+            if future.exception() is None:
+                raise
+            with interrupts.held():
+                self._back_to(before)
+            failure = future.exception()
+            raise CommitFailedError(
+                f"the last commit could not be written ({type(failure).__name__}: {failure}); "
+                "HEAD is back at the last commit that was") from e
+        self._writing = None
 
     def _branch_message(self, branch: str, before: _Published) -> str:
         if before.branch is None:
@@ -328,22 +369,33 @@ class Session:
                                                           collect_shared=False)))
         return Tree(components, digests, unstored, rng_key), staged
 
-    def _remember(self, current: dict[str, Any], examine: set[str],
-                  prints: dict[str, Fingerprint]) -> None:
-        for n in list(self._known):
-            if n not in current:
-                self._forget(n)
+    def _learned(self, current: dict[str, Any], examine: set[str],
+                 prints: dict[str, Fingerprint]) -> dict[str, _Known]:
+        """What examining names taught, ready to be adopted when the commit is."""
+        learned = {}
         for n in examine:
             fp = prints.get(n)
             if fp is None:
-                self._forget(n)
-                self._known[n] = _Known(id(current[n]), None, {}, frozenset())
+                learned[n] = _Known(id(current[n]), None, {}, frozenset())
                 continue
             shared = fp.encoded.shared
-            known = self._known[n] = _Known(id(current[n]), fp.digest,
-                                            persistent(shared) if fp.encoded.from_memo else shared,
-                                            frozenset(fp.encoded.storages))
-            self._sharing.set(n, known.shared.keys() | known.storages)
+            learned[n] = _Known(id(current[n]), fp.digest,
+                                persistent(shared) if fp.encoded.from_memo else shared,
+                                frozenset(fp.encoded.storages))
+        return learned
+
+    def _adopt(self, learned: dict[str, _Known], gone: Iterable[str]) -> None:
+        """Take what a commit learned as known. Knowledge only saves work: if taking it fails
+        half-way, all of it is dropped (the next commit examines every name)."""
+        try:
+            for n in gone:
+                self._forget(n)
+            for n, known in learned.items():
+                self._known[n] = known
+                self._sharing.set(n, known.shared.keys() | known.storages)
+        except Exception:
+            self._forget()
+            raise
 
     def _forget(self, name: str | None = None) -> None:
         """Know nothing more of name (of every name if None): it will be examined."""
@@ -392,7 +444,11 @@ class Session:
             if known is None or known.obj_id != id(v):
                 changed.add(n)
             elif known.digest is not None and (cand is None or n in cand):
-                if digest_of(v, self.namespace) != known.digest:
+                try:
+                    same = digest_of(v, self.namespace) == known.digest
+                except Exception:  # user code in a __reduce__ raised: restore it to be sure
+                    same = False
+                if not same:
                     changed.add(n)
         self._apply(tree, changed, current)
         self._restore_rng(tree)
@@ -419,6 +475,16 @@ class Session:
         self._forget()
         self._move_to(target, branch)
         return target
+
+    def return_to(self, head: Commit, branch: str | None) -> None:
+        """Put HEAD, its branch and the namespace back where they were before a transaction
+        that moved them and then failed (a checkout inside a cell that raised): the branch
+        ref goes back too, so the failed transaction leaves no trace but commits in the log."""
+        self.wait()
+        if branch is not None:
+            self.repo.move_branch(self.name, branch, head.id)
+        self._forget()  # the failed transaction may have mutated anything after its moves
+        self._move_to(head, branch)
 
     def _move_to(self, target: Commit, branch: str | None) -> None:
         differences = env.mismatches(target.env)

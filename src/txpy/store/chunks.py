@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import blake3
@@ -48,7 +48,12 @@ def chunk_key(data: bytes | memoryview) -> str:
 
 
 class ChunkStore:
-    """Write-once chunks over any Backend; remembers keys it has seen to skip existence checks."""
+    """Write-once chunks over any Backend; remembers keys it has seen to skip existence checks.
+
+    That memory is only as good as the store's gc epoch it was filled under: gc may delete a
+    chunk this process saw (an orphan a failed commit left), so a writer calls `revalidate`
+    with the epoch it read under the store lock before trusting `has`.
+    """
 
     def __init__(self, backend: Backend, level: int = 1):
         self.backend = backend
@@ -56,9 +61,18 @@ class ChunkStore:
         self._per_thread = threading.local()  # compressors are not thread-safe
         self._decompressor = zstandard.ZstdDecompressor()
         self._known: set[str] = set()
+        self._epoch: int | None = None
         self._compressing: tuple[int, ThreadPoolExecutor] | None = None
 
+    def revalidate(self, epoch: int) -> None:
+        """Forget which keys exist if a gc ran (epoch changed) since they were seen."""
+        if epoch != self._epoch:
+            self._known.clear()
+            self._epoch = epoch
+
     def has(self, key: str) -> bool:
+        """Whether key is stored: exact under the store lock after `revalidate`, a hint
+        otherwise (a gc may remove an unreferenced chunk at any time)."""
         if key in self._known:
             return True
         if self.backend.exists(key):
@@ -83,13 +97,20 @@ class ChunkStore:
             return RAW, data  # not joined: a copy into fresh memory costs ~3 ms per MB here
         return ZSTD, compressor.compress(data)
 
-    def put_many(self, chunks: Iterable[tuple[str, Bytes, int]]) -> int:
+    def put_many(self, chunks: Iterable[tuple[str, Bytes, int]],
+                 recheck: Container[str] = ()) -> int:
         """Store each (key, raw data, item size) the store lacks; return the bytes written to
         the backend. The item size is 1 for plain bytes, 8 for a float64 buffer…
 
-        Keys must be chunk_key(data): callers compute them once while fingerprinting.
+        Keys must be chunk_key(data): callers compute them once while fingerprinting. Keys in
+        recheck are views of live objects that may have changed since: each one the store
+        lacks is hashed again, and a mismatch raises CorruptStoreError instead of storing
+        wrong bytes under the key.
         """
         todo = [(key, data, width) for key, data, width in chunks if not self.has(key)]
+        for key, data, _ in todo:
+            if key in recheck and chunk_key(data) != key:
+                raise CorruptStoreError(f"chunk {key[:12]} changed while it was being written")
         if sum(memoryview(data).nbytes for _, data, _ in todo) >= PARALLEL_FROM:  # bytes
             bodies = self._encoded_by_helpers(todo)
         else:

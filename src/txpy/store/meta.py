@@ -77,14 +77,21 @@ class MetaDB:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: readers go on, other writers wait (busy timeout)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
+        """One IMMEDIATE transaction: readers go on, other writers wait (busy timeout).
+
+        Whatever interrupts it (an exception, KeyboardInterrupt between two statements, a
+        failed COMMIT), the connection is left outside any transaction: the next write must
+        not find this one still open.
+        """
+        if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield self.conn
+            self.conn.execute("COMMIT")
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
 
     # commits
     def insert_commit(self, conn: sqlite3.Connection, cid: str, history: str, time: float,
