@@ -14,6 +14,24 @@ def store(tmp_path):
 
 
 @pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """IPython's own InteractiveShell in a fresh working directory: a notebook kernel's shell
+    without the kernel."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from txpy.frontends import ipython as front
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    shell = InteractiveShell.instance()
+    shell.reset()
+    yield shell
+    shell.run_cell("%unload_ext txpy")
+    front.unload_ipython_extension(shell)  # loaded by txpy.enable(), not by %load_ext
+    shell.reset()
+
+
+@pytest.fixture
 def session(store):
     ns: dict = {"__name__": "__main__"}
     s = txpy.Session(store=store, name="t", namespace=ns, notify=lambda m: None)

@@ -4,21 +4,8 @@ and moves through history, and unloading leaves the shell as it was."""
 import types
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from txpy.frontends import ipython as front
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
-    shell = InteractiveShell.instance()
-    shell.reset()
-    yield shell
-    shell.run_cell("%unload_ext txpy")
-    front.unload_ipython_extension(shell)  # loaded by txpy.enable(), not by %load_ext
-    shell.reset()
 
 
 def run(ip, source):

@@ -112,3 +112,50 @@ def test_notebook_rolls_back_and_survives_kill_9(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_interrupting_the_kernel_while_cells_commit_never_corrupts_the_history(tmp_path):
+    """"Interrupt kernel" pressed at random moments of cells whose commits take a while: each
+    cell is then saved whole or rolled back whole, later cells save normally, and the state a
+    new kernel restores is the one the old kernel had."""
+    import random
+
+    from txpy.repo import Repository
+
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        ok(kc, "log = []")
+        started = time.perf_counter()
+        ok(kc, "big = [{'i': i} for i in range(150_000)]")
+        span = time.perf_counter() - started
+        rng = random.Random(11)
+        for k in range(10):
+            kc.execute(f"big = [{{'i': i, 'k': {k}}} for i in range(150_000)]\nlog.append({k})")
+            time.sleep(rng.uniform(0.0, span))
+            km.interrupt_kernel()
+            while kc.get_shell_msg(timeout=60)["msg_type"] != "execute_reply":
+                pass
+            ok(kc, f"after = {k}")  # the next cell works and is saved, whatever happened
+        expected = ok(kc, "print(log, big[0], after)")
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        km.provisioner.process.wait()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+    repo = Repository.open(tmp_path / ".txpy")
+    try:
+        report = repo.fsck()
+        assert report.ok, report.damage
+        assert set(repo.meta.branches("ipython")) == {"main"}, "no invented branches"
+    finally:
+        repo.close()
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        ok(kc, "%txpy restore")
+        assert ok(kc, "print(log, big[0], after)") == expected
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

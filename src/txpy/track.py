@@ -79,6 +79,8 @@ def candidates(code: types.CodeType, namespace: dict[str, Any]) -> set[str] | No
         return _Walker(namespace).run(code)
     except Dynamic:
         return None
+    except Exception:  # user code the walk ran raised (a __len__, a __getattr__...)
+        return None
 
 
 def code_names(code: types.CodeType) -> CodeNames:

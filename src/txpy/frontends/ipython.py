@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from .. import track
 from ..errors import NotAStoreError, TxpyError
 from ..humanize import size, when
+from ..model import Commit
 from ..repo import STORE_DIR, find_store
 from ..session import Session, is_dunder
 
@@ -87,7 +89,8 @@ class _Lease:
 class Extension:
     """txpy attached to one IPython shell."""
 
-    def __init__(self, ip: Any, history: str | None = None, store: str | os.PathLike | None = None):
+    def __init__(self, ip: Any, history: str | None = None,
+                 store: str | os.PathLike | None = None, *, attach: bool = True):
         self.ip = ip
         self.enabled = True
         self.errors: list[BaseException] = []  # commit failures, for the curious and for tests
@@ -95,11 +98,18 @@ class Extension:
         self.session: Session | None = None
         self.lease: _Lease | None = None
         self._hidden = dict(getattr(ip, "user_ns_hidden", {}))
-        self._cell: _Cell | None = None
+        #: cells running now, outermost first: a cell may run cells (run_cell) or none may
+        #: have started (an empty cell gets a post_run_cell only)
+        self._running: list[tuple[Any, _Cell | None]] = []
         self._uncommitted: set[str] | None = set()  # candidates of cells not yet committed
+        self._unsaved: BaseException | None = None  # why the last commit failed
         self._fresh: set[str] | None = None  # names before the first cell of a fresh kernel
+        #: HEAD a fresh kernel found: what `%txpy restore` brings back, even after this
+        #: kernel has committed cells of its own (on a branch of their own)
+        self.saved: tuple[Commit, str | None] | None = None
         self._cells = 0
-        self.attach(history or history_name(ip, self.store))
+        if attach:
+            self.attach(history or history_name(ip, self.store))
 
     # --- session ------------------------------------------------------------------------
     def ignore(self, name: str) -> bool:
@@ -118,13 +128,16 @@ class Extension:
             self._own_branch()
         self._uncommitted = set()
         head = self.session.head
+        self.saved = None
         if any(not self.ignore(n) for n in self.ip.user_ns):
             self._commit(None, kind="auto", message="txpy enabled", code=None)
             self._fresh = None
         else:
-            # a fresh kernel: HEAD still holds the last kernel's state until a cell commits
+            # a fresh kernel: HEAD holds the last kernel's state; this kernel's own commits
+            # go on a branch of their own, so that %txpy restore still finds it
             self._fresh = set()
             if head is not None:
+                self.saved = (head, self.session.branch)
                 notify(f"history {history!r} has a saved state (commit {head.short}, "
                        f"{when(head.time)}); %txpy restore brings it back")
 
@@ -135,6 +148,14 @@ class Extension:
             notify(f"another kernel is using history {s.name!r}; this kernel's commits go on "
                    "their own branch")
             return
+        name = self._kernel_branch()
+        notify(f"another kernel is using history {s.name!r}; this kernel commits on branch "
+               f"{name!r}")
+
+    def _kernel_branch(self) -> str:
+        """Start a branch of this kernel's own at HEAD; its name."""
+        s = self.session
+        assert s is not None
         base = s.branch or "main"
         name = f"{base}-kernel{os.getpid()}"
         n = 2
@@ -142,8 +163,18 @@ class Extension:
             name = f"{base}-kernel{os.getpid()}-{n}"
             n += 1
         s.create_branch(name)
-        notify(f"another kernel is using history {s.name!r}; this kernel commits on branch "
-               f"{name!r}")
+        return name
+
+    def _leave_saved_state(self) -> None:
+        """Before a fresh kernel's first commit: keep the saved state where it is."""
+        s = self.session
+        assert s is not None and self.saved is not None
+        head, branch = self.saved
+        if s.head is None or s.head.id != head.id or branch is None:
+            return
+        name = self._kernel_branch()
+        notify(f"this kernel's cells are saved on branch {name!r}; the saved state (commit "
+               f"{head.short}) stays on {branch!r}: %txpy restore brings it back")
 
     def detach(self) -> None:
         if self.lease is not None:
@@ -155,11 +186,28 @@ class Extension:
 
     # --- cells --------------------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
-        self._cell = None
-        if not self.enabled or self.session is None:
+        if self._running:  # a cell run by a cell: part of the outer one's transaction
+            self._running.append((info, None))
             return
+        cell = None
+        try:
+            cell = self._begin(info)
+        except BaseException as e:  # still a transaction: one that may have touched anything
+            self.errors.append(e)
+            s = self.session
+            if s is not None and self.enabled:
+                cell = _Cell(info.raw_cell or "", None, time.perf_counter(), False, s.head,
+                             s.branch, self._unsaved)
+            if not isinstance(e, Exception):
+                raise
+        finally:  # whatever failed above, the cell is known to have started
+            self._running.append((info, cell))
+
+    def _begin(self, info: Any) -> _Cell | None:
+        if not self.enabled or self.session is None:
+            return None
+        s = self.session
         raw = info.raw_cell or ""
-        candidates: set[str] | None
         try:
             code = compile(self.ip.transform_cell(raw), "<cell>", "exec")
             candidates = track.candidates(code, self.ip.user_ns)
@@ -167,13 +215,37 @@ class Extension:
             candidates = None  # IPython will report it; nothing will run
         if self._fresh is not None:
             self._fresh = {n for n in self.ip.user_ns if not self.ignore(n)}
-        self._cell = _Cell(raw, candidates, time.perf_counter(), _only_txpy_magic(raw))
+        elif self._unsaved is not None and not _only_txpy_magic(raw):
+            # the last cell's results are only in memory: a rollback of this cell must
+            # not throw them away, so they are saved first
+            self._commit(set(), kind="auto", message="retry", code=None)
+        return _Cell(raw, candidates, time.perf_counter(), _only_txpy_magic(raw),
+                     s.head, s.branch, self._unsaved)
 
     def post_run_cell(self, result: Any) -> None:
-        cell, self._cell = self._cell, None
+        try:
+            self._end(result)
+        except BaseException as e:  # interrupted in txpy's own time (or a txpy bug)
+            self.errors.append(e)
+            self._uncommitted = None  # the next commit examines every name
+            self._unsaved = self._unsaved or e
+            notify(f"interrupted while saving this cell ({type(e).__name__}); the next cell "
+                   "saves everything")
+            if not isinstance(e, (Exception, KeyboardInterrupt)):
+                raise
+
+    def _end(self, result: Any) -> None:
+        info = getattr(result, "info", None)
+        cell = None
+        if self._running and self._running[-1][0] is info:
+            _, cell = self._running.pop()
+            if self._running:
+                return  # a nested cell: the outer cell commits or rolls back all of it
+        else:
+            self._running.clear()
         if not self.enabled or self.session is None:
             return
-        if cell is None:  # the cell that loaded us, or a cell run while we were off
+        if cell is None:  # the cell that loaded us, an empty one, or one run while we were off
             if self._fresh is None:
                 self._commit(None, kind="auto", message="", code=None)
             return
@@ -200,17 +272,29 @@ class Extension:
             cand = None
         else:
             cand = self._uncommitted | candidates
+        if self.saved is not None and self._fresh is not None:
+            self._leave_saved_state()
+        before = s.head
         try:
             cid = s.commit(message, kind=kind, code=code, candidates=cand, duration=duration)
         except (Exception, KeyboardInterrupt) as e:
             self.errors.append(e)
+            if s.head is not before:  # interrupted after the commit was made: it stands
+                self._saved_now()
+                notify(f"interrupted ({type(e).__name__}) just after this cell was saved")
+                return s.head.id if s.head else None
             self._uncommitted = cand
+            self._unsaved = e
             notify(f"could not save this cell ({type(e).__name__}: {_one_line(e)}); its "
                    "results are kept in memory and the next cell will try again")
             return None
-        self._uncommitted = set()
-        self._fresh = None
+        self._saved_now()
         return cid
+
+    def _saved_now(self) -> None:
+        self._uncommitted = set()
+        self._unsaved = None
+        self._fresh = None
 
     def _rollback(self, cell: _Cell, error: BaseException) -> None:
         s = self.session
@@ -224,9 +308,25 @@ class Extension:
             notify(f"rolled back after {why}: " + (f"removed {', '.join(created)}"
                                                    if created else "nothing had changed"))
             return
-        cand = None if self._uncommitted is None or cell.candidates is None \
-            else self._uncommitted | cell.candidates
+        if cell.unsaved is not None:
+            if cell.candidates is None:
+                self._uncommitted = None
+            elif self._uncommitted is not None:
+                self._uncommitted |= cell.candidates
+            notify(f"cannot roll back after {why}: the state before this cell could not be "
+                   f"saved ({type(cell.unsaved).__name__}: {_one_line(cell.unsaved)}); the "
+                   "namespace is as the failed cell left it")
+            return
         try:
+            if cell.head is not None and s.head is not None and s.head.id != cell.head.id:
+                # the cell moved HEAD (%txpy checkout) before it failed: undo that too
+                s.return_to(cell.head, cell.branch)
+                self._saved_now()
+                notify(f"rolled back after {why}: back at commit {cell.head.short}"
+                       + (f" on branch {cell.branch!r}" if cell.branch else ""))
+                return
+            cand = None if self._uncommitted is None or cell.candidates is None \
+                else self._uncommitted | cell.candidates
             restored = s.rollback(cand)
         except (Exception, KeyboardInterrupt) as e:
             self.errors.append(e)
@@ -238,15 +338,18 @@ class Extension:
                                                 else "nothing had changed"))
 
 
+@dataclass(frozen=True)
 class _Cell:
-    __slots__ = ("source", "candidates", "started", "txpy_magic")
+    """A top-level cell as it started: its code, and where HEAD was."""
 
-    def __init__(self, source: str, candidates: set[str] | None, started: float,
-                 txpy_magic: bool):
-        self.source = source
-        self.candidates = candidates
-        self.started = started
-        self.txpy_magic = txpy_magic
+    source: str
+    candidates: set[str] | None
+    started: float
+    txpy_magic: bool
+    head: Commit | None
+    branch: str | None
+    #: why the state before it is not committed (the last commit failed twice), or None
+    unsaved: BaseException | None
 
 
 _MISSING = object()
@@ -289,10 +392,17 @@ class TxpyMagics(Magics):
             handler(*args)
         except TypeError as e:
             if "positional argument" not in str(e):
-                raise
-            notify(f"wrong arguments for {command!r}; {_USAGE}")
+                self._failed(command, e)
+            else:
+                notify(f"wrong arguments for {command!r}; {_USAGE}")
         except TxpyError as e:
             notify(str(e))
+        except Exception as e:  # a notebook shows one line, never a traceback from txpy
+            self._failed(command, e)
+
+    def _failed(self, command: str, e: Exception) -> None:
+        self.ext.errors.append(e)
+        notify(f"%txpy {command} failed ({type(e).__name__}: {_one_line(e)})")
 
     @property
     def session(self) -> Session:
@@ -301,14 +411,31 @@ class TxpyMagics(Magics):
         return self.ext.session
 
     def _do_restore(self, ref: str | None = None) -> None:
-        commit = self.session.restore(ref)
-        self.ext._fresh = None
-        self.ext._uncommitted = set()
-        names = sorted(self.session.repo.tree(commit).names - self.session.unstored.keys())
+        ext, s = self.ext, self.session
+        kept: dict[str, Any] = {}
+        if ref is None and ext.saved is not None:
+            # a fresh kernel: the state found at start, not the cells this kernel committed
+            head, branch = ext.saved
+            ref = branch if branch is not None and s.branches().get(branch) == head.id \
+                else head.id
+            tree = s.repo.tree(head)
+            kept = {n: v for n, v in ext.ip.user_ns.items()
+                    if not ext.ignore(n) and n not in tree.names}
+        commit = s.restore(ref)
+        ext.saved = None
+        ext.ip.user_ns.update(kept)
+        ext._saved_now()
+        names = sorted(s.repo.tree(commit).names - s.unstored.keys())
         print(f"restored {len(names)} names from commit {commit.short} ({when(commit.time)}): "
               + ", ".join(names))
+        if kept:
+            ext._commit(None, kind="auto", message="restored", code=None)
+            print("kept from this kernel (not in the saved state): " + ", ".join(sorted(kept)))
 
-    def _do_log(self, limit: str = "20") -> None:
+    def _do_log(self, count: str = "20") -> None:
+        if not count.isdigit():
+            raise TxpyError(f"%txpy log N shows the last N commits; {count!r} is not a number")
+        limit = int(count)
         s = self.session
         head = s.head.id if s.head else None
         tips: dict[str, list[str]] = {}
@@ -318,15 +445,15 @@ class TxpyMagics(Magics):
         if not commits:
             print(f"history {s.name!r} has no commits yet")
             return
-        for c in commits[:int(limit)]:
+        for c in commits[:limit]:
             mark = "*" if c.id == head else " "
             refs = f" ({', '.join(tips[c.id])})" if c.id in tips else ""
             text = (c.code or c.message or "").strip().splitlines()
             what = text[0][:60] + (" …" if len(text) > 1 or len(text[0]) > 60 else "") \
                 if text else ""
             print(f"{mark} {c.short} {when(c.time)} {c.kind:<5}{refs} {what}")
-        if len(commits) > int(limit):
-            print(f"  ... {len(commits) - int(limit)} older commits (%txpy log N shows more)")
+        if len(commits) > limit:
+            print(f"  ... {len(commits) - limit} older commits (%txpy log N shows more)")
 
     def _do_diff(self, a: str, b: str | None = None) -> None:
         d = self.session.diff(a, b)
@@ -340,8 +467,8 @@ class TxpyMagics(Magics):
 
     def _do_checkout(self, ref: str) -> None:
         commit = self.session.checkout(ref)
-        self.ext._fresh = None
-        self.ext._uncommitted = set()
+        self.ext.saved = None
+        self.ext._saved_now()
         where = f"branch {self.session.branch!r}" if self.session.branch else \
             "a detached commit (new cells start a new branch)"
         print(f"checked out {commit.short} ({when(commit.time)}); now on {where}")
@@ -408,7 +535,13 @@ def load_ipython_extension(ip: Any) -> Extension:
     """Make every cell of this shell a transaction (``%load_ext txpy``)."""
     if id(ip) in _extensions:
         return _extensions[id(ip)][0]
-    ext = Extension(ip)
+    ext = Extension(ip, attach=False)
+    try:
+        ext.attach(history_name(ip, ext.store))
+    except (TxpyError, OSError) as e:
+        ext.errors.append(e)
+        notify(f"{e}. This notebook is NOT being saved: nothing is committed or rolled back "
+               "until that is fixed and %txpy session NAME attaches a history")
     pre = types.MethodType(Extension.pre_run_cell, ext)
     post = types.MethodType(Extension.post_run_cell, ext)
     ip.events.register("pre_run_cell", pre)
