@@ -126,6 +126,34 @@ def big_object_graph(n: int = 100_000) -> None:
         shutil.rmtree(root)
 
 
+class _Node:
+    def __init__(self, nxt: object) -> None:
+        self.next = nxt
+
+
+def linked_list(sizes: tuple[int, ...] = (20_000, 60_000, 200_000)) -> None:
+    """Deep structures: commit time must grow with the graph, not its square."""
+    root = Path(tempfile.mkdtemp(prefix="txpy-bench-", dir=Path.home()))
+    try:
+        ns: dict = {"__name__": "__main__"}
+        s = txpy.Session(root / ".txpy", "deep", ns, notify=lambda m: None)
+        for n in sizes:
+            node = None
+            for _ in range(n):
+                node = _Node(node)
+            ns["head"] = node
+            t = time.perf_counter()
+            s.commit()
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            s.commit(candidates={"head"})
+            print(f"a linked list of {n} nodes: commit {first:.2f} s, "
+                  f"re-read {time.perf_counter() - t:.2f} s")
+        s.close()
+    finally:
+        shutil.rmtree(root)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=400)
@@ -133,6 +161,7 @@ def main() -> None:
     baselines(args.mb)
     many_names()
     big_object_graph()
+    linked_list()
     for chunk in (256 << 10, 1 << 20, 4 << 20):
         r = run(args.mb, chunk)
         print(f"chunk size {chunk >> 10} KiB:")

@@ -155,8 +155,10 @@ def reachable_shared(value: Any, namespace: Mapping[str, Any] | None) -> dict[in
         candidates = list(compress(refs, map(shareable.__contains__, kinds)))
         by_id = dict(zip(map(id, candidates), candidates, strict=True))
         by_id.pop(id(namespace), None)
-        new = by_id.keys() - found.keys() - library.keys()
-        frontier = [by_id[i] for i in new if not _foreign_function(by_id[i], namespace)]
+        # membership tests, not `by_id.keys() - found.keys()`: a set difference walks the
+        # whole of found and library at every level, quadratic on a 200k-node linked list
+        frontier = [o for i, o in by_id.items() if i not in found and i not in library
+                    and not _foreign_function(o, namespace)]
         found.update((id(o), o) for o in frontier)
     return found
 
