@@ -6,12 +6,19 @@
   their ``__globals__`` is the namespace itself, not a copy of the globals they use: once
   restored they read and write the live namespace, like the originals.
 * A value that cannot be pickled is reported (UnpicklableError), never a failed transaction.
+* Notebook values that plain pickle stores but cannot load into an empty namespace are
+  stored so that they load: an ``lru_cache`` function by value (not as ``__main__.sq``); a
+  singleton whose ``__reduce__`` returns its name by value where it is stored, by a namespace
+  lookup elsewhere (a NameError until that name is bound: the session binds it first); a
+  subclass without running the notebook's ``__init_subclass__`` again; an instance of a class
+  with ``__getattr__`` without asking the bare instance for ``__setstate__``.
 """
 
 from __future__ import annotations
 
 import copyreg
 import ctypes
+import functools
 import io
 import operator
 import pickle
@@ -83,15 +90,20 @@ class _StatePickler(cloudpickle.Pickler):
                  buffer_callback: Callable[[pickle.PickleBuffer], bool]):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self._namespace = namespace
+        #: the module name the namespace's classes carry ("__main__" in a notebook)
+        self._main = namespace.get("__name__") if namespace is not None else None
+        self._top: Any = None
         self._storages: dict[tuple[int, int], _StorageHolder] = {}
         self.storage_keys: set[int] = set()
         self.notes: list[str] = []
 
+    def dump(self, obj: Any) -> None:
+        self._top = obj
+        super().dump(obj)
+
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, type) and "__slotnames__" not in obj.__dict__:
-            # pickling an instance caches __slotnames__ on its class; do it first, or a class
-            # pickles differently once one of its instances was stored
-            copyreg._slotnames(obj)
+        if isinstance(obj, type):
+            return self._class_reduce(obj)
         if isinstance(obj, types.FunctionType) and obj.__globals__ is self._namespace:
             return self._namespace_function_reduce(obj)
         torch = sys.modules.get("torch")
@@ -108,7 +120,62 @@ class _StatePickler(cloudpickle.Pickler):
             elif obj.dtype.kind in "mM" and (obj.flags.c_contiguous or obj.flags.f_contiguous):
                 # numpy pickles datetimes in band (a copy in the stream); as int64 they go out
                 return _view_as, (obj.view(np.int64), obj.dtype)
+        cls = type(obj)
+        if cls is _LRU_WRAPPER:
+            return self._lru_cache_reduce(obj)
+        if self._main is not None and getattr(cls, "__module__", None) == self._main \
+                and cls not in self.dispatch_table:
+            return self._namespace_instance_reduce(obj)
         return super().reducer_override(obj)
+
+    def _class_reduce(self, cls: type) -> Any:
+        """cloudpickle's reduction of a class; a subclass of a class whose __init_subclass__
+        the notebook defined is rebuilt without that hook (see _rebuild_class)."""
+        if "__slotnames__" not in cls.__dict__:
+            # pickling an instance caches __slotnames__ on its class; do it first, or a class
+            # pickles differently once one of its instances was stored
+            copyreg._slotnames(cls)
+        reduced = super().reducer_override(cls)
+        if reduced is NotImplemented or reduced[0] is not _cp._make_skeleton_class:
+            return reduced
+        hooked = _namespace_hooked(reduced[1][2], self._namespace)
+        if not hooked:
+            return reduced
+        return (_rebuild_class, (hooked, *reduced[1]), *reduced[2:])
+
+    def _lru_cache_reduce(self, wrapper: Any) -> Any:
+        """A notebook function under functools.lru_cache by value: the wrapper pickles as a
+        reference to ``__main__.<name>``, which a new process does not have (its cache is not
+        stored: a restored function computes again)."""
+        func = getattr(wrapper, "__wrapped__", None)
+        if not (isinstance(func, types.FunctionType) and func.__globals__ is self._namespace):
+            return NotImplemented
+        params = wrapper.cache_parameters()
+        return _rebuild_lru_cache, (func, params["maxsize"], params["typed"]), wrapper.__dict__
+
+    def _namespace_instance_reduce(self, obj: Any) -> Any:
+        """An instance of a notebook class, as pickle would reduce it, except:
+
+        * its class has a ``__getattr__``: its state is set without asking the instance for
+          ``__setstate__`` (a proxy's ``__getattr__`` recurses or raises on a bare instance);
+        * its ``__reduce__`` returns a global name (a singleton): restoring that name's own
+          value from a reference to itself is impossible, so it is stored by value;
+          elsewhere the name is looked up in the namespace, keeping one object (the session
+          binds the name first). A name that does not bind it here is stored by value too.
+        """
+        reduced = obj.__reduce_ex__(5)
+        if not isinstance(reduced, str):
+            if 3 <= len(reduced) <= 5 and getattr(type(obj), "__getattr__", None) is not None:
+                return (*reduced, None, None)[:5] + (_set_state,)
+            return reduced
+        if not self._is_top(obj) and self._namespace.get(reduced) is obj:  # type: ignore[union-attr]
+            return _namespace_value, (reduced,)
+        return _reduce_by_value(obj)
+
+    def _is_top(self, obj: Any) -> bool:
+        """Whether obj is the value being pickled, or one of a component's values (a tuple)."""
+        top = self._top
+        return obj is top or (type(top) is tuple and any(v is obj for v in top))
 
     def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
         code, _, _, _, closure = self._function_getnewargs(func)
@@ -136,6 +203,84 @@ class _StatePickler(cloudpickle.Pickler):
         return (_rebuild_tensor, (holder, t.dtype, t.storage_offset(), tuple(t.size()),
                                   tuple(t.stride()), t.requires_grad, grad,
                                   isinstance(t, torch.nn.Parameter), state))
+
+
+_LRU_WRAPPER = type(functools.lru_cache(lambda: None))
+
+
+def _rebuild_lru_cache(func: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(func)
+
+
+def _namespace_value(name: str) -> Any:
+    """The object a name binds in the namespace being loaded (NameError: not bound yet)."""
+    try:
+        return _loading.namespace[name]
+    except KeyError:
+        raise NameError(f"name {name!r} is not defined", name=name) from None
+
+
+def _set_state(obj: Any, state: Any) -> None:
+    """pickle's BUILD, with ``__setstate__`` looked up on the class, not the instance."""
+    setstate = getattr(type(obj), "__setstate__", None)
+    if setstate is not None:
+        setstate(obj, state)
+        return
+    slots = None
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slots = state
+    if state:
+        obj.__dict__.update(state)
+    for name, value in (slots or {}).items():
+        setattr(obj, name, value)
+
+
+def _reduce_by_value(obj: Any) -> Any:
+    """What pickle stores for obj when its class does not override __reduce__: its class,
+    the arguments of __new__ and its state."""
+    cls = type(obj)
+    getnewargs = getattr(cls, "__getnewargs__", None)
+    args = getnewargs(obj) if getnewargs is not None else ()
+    return copyreg.__newobj__, (cls, *args), obj.__getstate__()
+
+
+def _namespace_hooked(bases: tuple[type, ...], namespace: Mapping[str, Any] | None
+                      ) -> tuple[type, ...]:
+    """The classes among bases and their ancestors whose own __init_subclass__ was defined in
+    the namespace."""
+    hooked = {}
+    for base in bases:
+        for cls in base.__mro__:
+            hook = vars(cls).get("__init_subclass__")
+            if isinstance(hook, classmethod) and \
+                    getattr(hook.__func__, "__globals__", None) is namespace:
+                hooked[cls] = None
+    return tuple(hooked)
+
+
+def _no_hook(cls: type, **kwargs: Any) -> None:
+    """Stands for a notebook's __init_subclass__ while a stored subclass is rebuilt."""
+
+
+def _rebuild_class(hooked: tuple[type, ...], *args: Any) -> type:
+    """cloudpickle's class skeleton, made without running the __init_subclass__ hooks that
+    the notebook defined on its bases (hooked: their classes).
+
+    The hook ran when the user defined the class, and what it did to the namespace (a
+    registry, a class attribute) is stored with the rest. Run again by a restore it would
+    register the class twice, need class keywords that are not stored, or look up names the
+    restore has not bound yet (NameError: ``Plugin.registry`` while ``Plugin`` is loading).
+    A base still being rebuilt has no hook yet.
+    """
+    hooks = {cls: vars(cls)["__init_subclass__"] for cls in hooked
+             if "__init_subclass__" in vars(cls)}
+    for cls in hooks:
+        type.__setattr__(cls, "__init_subclass__", classmethod(_no_hook))
+    try:
+        return _cp._make_skeleton_class(*args)
+    finally:
+        for cls, hook in hooks.items():
+            type.__setattr__(cls, "__init_subclass__", hook)
 
 
 def _function_state(func: types.FunctionType) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Environment fingerprint of a commit: Python, platform, versions of imported packages.
+"""Environment fingerprint of a commit: Python, platform, versions of imported packages, and
+where the session imported its own modules from.
 
 Recorded so that a restore elsewhere can say which differences matter before it unpickles.
 A package's version is its top-level module's ``__version__``: reading it costs nothing,
@@ -8,7 +9,9 @@ whereas mapping modules to installed distributions (importlib.metadata) costs ~0
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
+import site
 import sys
 from typing import Any
 
@@ -44,7 +47,47 @@ def fingerprint() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
         "packages": imported_packages(),
+        "cwd": os.getcwd(),
+        "path": import_paths(),
     }
+
+
+def import_paths() -> list[str]:
+    """The entries of sys.path that are not Python's own (its standard library and
+    site-packages): the ones a notebook appended, its working directory (``""``), a script's
+    folder. A value of a class from a module found there can be unpickled only where they are
+    on sys.path too. Kept as written (relative ones are relative to the recorded cwd)."""
+    roots = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             getattr(site, "USER_SITE", None))
+    own = tuple(os.path.join(os.path.abspath(root), "") for root in roots if root)
+    out = []
+    for entry in sys.path:
+        if isinstance(entry, str):
+            where = os.path.abspath(entry)
+            if not os.path.join(where, "").startswith(own) and os.path.exists(where):
+                out.append(entry)
+    return out
+
+
+def add_import_paths(recorded: dict[str, Any]) -> list[str]:
+    """Put the directories a commit imported its modules from on sys.path (appended, where
+    they are missing), so that its values can be unpickled; return those that no longer
+    exist. Commits from before they were recorded have none."""
+    cwd = recorded.get("cwd")
+    if cwd is None:
+        return []
+    here = {os.path.abspath(entry) for entry in sys.path if isinstance(entry, str)}
+    gone = []
+    for entry in recorded.get("path", ()):
+        folder = os.path.normpath(os.path.join(cwd, entry))
+        if folder in here:
+            continue
+        if os.path.exists(folder):
+            sys.path.append(folder)
+            here.add(folder)
+        else:
+            gone.append(folder)
+    return gone
 
 
 def _version_here(module: str) -> str | None:

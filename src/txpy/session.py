@@ -490,6 +490,10 @@ class Session:
         differences = env.mismatches(target.env)
         if differences:
             self.notify(f"commit {target.short} was made elsewhere: " + "; ".join(differences))
+        gone = env.add_import_paths(target.env)  # before anything is unpickled
+        if gone:
+            self.notify(f"commit {target.short} imported from directories that no longer exist: "
+                        + ", ".join(gone))
         tree = self.repo.tree(target)
         current = self._tracked()
         changed = set(current.keys() ^ tree.names)
@@ -506,35 +510,47 @@ class Session:
         self._branch, self._head, self._tree = branch, target, tree
 
     def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> None:
-        """Rebind names to their values in tree (whole components), delete names tree lacks."""
+        """Rebind names to their values in tree (whole components), delete names tree lacks.
+
+        Partial: a component that cannot be loaded (a damaged chunk, a package missing here,
+        its own code raising) leaves its names as they are, and one line says why; every
+        other name is restored. The tree is not changed, so a later restore tries again."""
         keys = {tree.components[n] for n in names if n in tree.components}
-        manifests = [self.repo.manifest(key) for key in keys]
+        manifests, failed = read_manifests(self.repo, tree, keys)
         self._announce("loading", sum(b.nbytes for m in manifests for b in m.buffers))
-        loaded: dict[str, Any] = {}
-        for manifest in manifests:
-            loaded.update(load_manifest(self.repo, manifest, self.namespace))
-        lost = []
-        for n in names | loaded.keys():
-            if n in loaded:
-                self.namespace[n] = loaded[n]
-            elif n in tree.unstored:
+        loaded: set[str] = set()
+
+        def bind(values: dict[str, Any]) -> None:
+            self.namespace.update(values)
+            loaded.update(values)
+
+        failed.update(load_in_order(self.repo, manifests, self.namespace, bind))
+        unloaded = {n for group in failed for n in group}
+        for n in names | loaded | unloaded:
+            if n in tree.unstored:
                 if n not in current:
-                    lost.append(n)
+                    failed[(n,)] = f"never stored: {tree.unstored[n].type_name}"
                 continue
-            else:
+            if n not in loaded and n not in unloaded:
                 self.namespace.pop(n, None)
-            self._forget(n)
+            self._forget(n)  # what is bound now is examined by the next commit
         kept = sorted(n for n in names if n in tree.unstored and n in current)
         if kept:
             self.notify("kept as they are (never stored, cannot be rolled back): "
                         + ", ".join(kept))
-        if lost:
-            self.notify("not restored (were never stored): " + ", ".join(
-                f"{n} ({tree.unstored[n].type_name})" for n in sorted(lost)))
+        if failed:
+            self.notify(_not_restored(failed))
 
     def _restore_rng(self, tree: Tree) -> None:
-        if tree.rng:
-            rng.restore(load_component(self.repo, tree.rng, {})[RNG_NAME])
+        """Put the global random generators back; if their component cannot be loaded, say so
+        and leave them as they are."""
+        if not tree.rng:
+            return
+        try:
+            state = _decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
+            rng.restore(state)
+        except Exception as e:
+            self.notify(_not_restored({(RNG_NAME,): _why(e)}))
 
     def _announce(self, verb: str, nbytes: int) -> None:
         """Say so before work on big data, so that a long pause is explained."""
@@ -572,7 +588,72 @@ def load_component(repo: Repository, key: str, namespace: dict[str, Any]) -> dic
 
 def load_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
                   ) -> dict[str, Any]:
-    """Decode the component a manifest describes (see load_component)."""
+    """Decode the component a manifest describes (see load_component); a RestoreError names
+    the variables it affects."""
+    try:
+        return _decode_manifest(repo, manifest, namespace)
+    except RestoreError as e:
+        raise RestoreError(f"cannot restore {', '.join(manifest.names)}: {e}") from None
+
+
+def read_manifests(repo: Repository, tree: Tree, keys: Iterable[str]
+                   ) -> tuple[list[ComponentManifest], dict[tuple[str, ...], str]]:
+    """The manifests of keys, and {names: why} for those that cannot be read (damaged)."""
+    manifests, failed = [], {}
+    for key in keys:
+        try:
+            manifests.append(repo.manifest(key))
+        except TxpyError as e:
+            failed[tuple(sorted(n for n, k in tree.components.items() if k == key))] = _why(e)
+    return manifests, failed
+
+
+def load_in_order(repo: Repository, manifests: list[ComponentManifest],
+                  namespace: dict[str, Any], bind: Callable[[dict[str, Any]], None]
+                  ) -> dict[tuple[str, ...], str]:
+    """Decode components and bind each at once (bind gets its {name: value}), names before
+    the values that need them; return {names: why} for those that could not be loaded.
+
+    Which name a value needs shows only while it loads: a ``__setstate__`` calling a notebook
+    function, a reference to a singleton by name raise NameError until that name is bound.
+    Those are tried again after the others, while that makes progress; every other component
+    is decoded once. Any other failure is final for that component only.
+    """
+    failed: dict[tuple[str, ...], str] = {}
+    waiting, progress = manifests, True
+    while waiting and progress:
+        retry, progress = [], False
+        for manifest in waiting:
+            try:
+                bind(_decode_manifest(repo, manifest, namespace))
+            except Exception as e:  # its own code may raise anything: it alone is not restored
+                failed[manifest.names] = _why(e)
+                if isinstance(e, NameError):
+                    retry.append(manifest)
+            else:
+                failed.pop(manifest.names, None)
+                progress = True
+        waiting = retry
+    return failed
+
+
+def _why(e: Exception) -> str:
+    """One line saying why a value was not restored (txpy's own errors say it already)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    if not isinstance(e, TxpyError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text[:200]
+
+
+def _not_restored(failed: dict[tuple[str, ...], str]) -> str:
+    """The one line naming every value not restored, each with why."""
+    return "not restored: " + ", ".join(
+        f"{', '.join(names)} ({reason})" for names, reason in sorted(failed.items()))
+
+
+def _decode_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """{name: value} of the component a manifest describes, its chunks read and verified."""
     stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
     buffers: list[Any] = []
     for ref in manifest.buffers:
@@ -583,10 +664,7 @@ def load_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict
             buf[pos:pos + len(data)] = data
             pos += len(data)
         buffers.append(bytes(buf) if ref.readonly else buf)
-    try:
-        value = decode(stream, buffers, namespace)
-    except RestoreError as e:
-        raise RestoreError(f"cannot restore {', '.join(manifest.names)}: {e}") from None
+    value = decode(stream, buffers, namespace)
     if manifest.notes:
         warnings.warn(f"{', '.join(manifest.names)}: {'; '.join(manifest.notes)}", TxpyWarning,
                       stacklevel=3)
