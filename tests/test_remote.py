@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -267,7 +268,9 @@ def test_missing_package_is_a_clear_error_naming_the_variable(tmp_path):
         s.commit()
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-    with pytest.raises(txpy.TxpyError, match="cannot restore thing: needs the package 'fakepkg'"):
+    shutil.rmtree(tmp_path / "pkgs")  # a machine without the package
+    with pytest.raises(txpy.TxpyError, match="cannot restore thing: needs the package 'fakepkg'"), \
+            pytest.warns(txpy.TxpyWarning, match="no longer exist"):
         txpy.load(tmp_path / ".txpy", "h")
 
 

@@ -12,7 +12,7 @@ from .errors import TxpyError, TxpyWarning
 from .frontends.runner import checkpoint
 from .model import Commit, Diff
 from .repo import Repository
-from .session import Session, load_component
+from .session import Session, first_failure, load_in_order, read_manifests
 
 __all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "checkpoint", "enable",
            "load", "load_ipython_extension", "unload_ipython_extension"]
@@ -39,10 +39,16 @@ def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
         if differences:
             warnings.warn(f"commit {target.short} was made elsewhere: " + "; ".join(differences),
                           TxpyWarning, stacklevel=2)
+        gone = env.add_import_paths(target.env)  # before anything is unpickled
+        if gone:
+            warnings.warn(f"commit {target.short} imported from directories that no longer "
+                          "exist: " + ", ".join(gone), TxpyWarning, stacklevel=2)
         tree = repo.tree(target)
         state: dict[str, Any] = {}
-        for key in set(tree.components.values()):
-            state.update(load_component(repo, key, state))
+        manifests, failed = read_manifests(repo, tree, set(tree.components.values()))
+        failed.update(load_in_order(repo, manifests, state, state.update))
+        if failed:
+            raise first_failure(failed)
         if tree.unstored:
             warnings.warn("not restored (never stored): " + ", ".join(
                 f"{n} ({u.type_name})" for n, u in sorted(tree.unstored.items())),

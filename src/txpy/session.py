@@ -450,9 +450,9 @@ class Session:
                     same = False
                 if not same:
                     changed.add(n)
-        self._apply(tree, changed, current)
+        failed = self._apply(tree, changed, current)
         self._restore_rng(tree)
-        return sorted(changed)
+        return sorted(changed - failed)
 
     # --- checkout / restore --------------------------------------------------------------
     def checkout(self, ref: str) -> Commit:
@@ -509,14 +509,14 @@ class Session:
         self.repo.set_head(self.name, branch, target.id)
         self._branch, self._head, self._tree = branch, target, tree
 
-    def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> None:
+    def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> set[str]:
         """Rebind names to their values in tree (whole components), delete names tree lacks.
 
         Partial: a component that cannot be loaded (a damaged chunk, a package missing here,
         its own code raising) leaves its names as they are, and one line says why; every
         other name is restored. The tree is not changed, so a later restore tries again."""
         keys = {tree.components[n] for n in names if n in tree.components}
-        manifests, failed = read_manifests(self.repo, tree, keys)
+        manifests, unreadable = read_manifests(self.repo, tree, keys)
         self._announce("loading", sum(b.nbytes for m in manifests for b in m.buffers))
         loaded: set[str] = set()
 
@@ -524,7 +524,8 @@ class Session:
             self.namespace.update(values)
             loaded.update(values)
 
-        failed.update(load_in_order(self.repo, manifests, self.namespace, bind))
+        unreadable.update(load_in_order(self.repo, manifests, self.namespace, bind))
+        failed = {names: _why(e) for names, e in unreadable.items()}
         unloaded = {n for group in failed for n in group}
         for n in names | loaded | unloaded:
             if n in tree.unstored:
@@ -540,6 +541,7 @@ class Session:
                         + ", ".join(kept))
         if failed:
             self.notify(_not_restored(failed))
+        return {n for group in failed for n in group}
 
     def _restore_rng(self, tree: Tree) -> None:
         """Put the global random generators back; if their component cannot be loaded, say so
@@ -547,7 +549,7 @@ class Session:
         if not tree.rng:
             return
         try:
-            state = _decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
+            state = decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
             rng.restore(state)
         except Exception as e:
             self.notify(_not_restored({(RNG_NAME,): _why(e)}))
@@ -581,36 +583,22 @@ class Session:
             self._branch = name
 
 
-def load_component(repo: Repository, key: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    """Decode one stored component into {name: value}; functions get namespace as globals."""
-    return load_manifest(repo, repo.manifest(key), namespace)
-
-
-def load_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
-                  ) -> dict[str, Any]:
-    """Decode the component a manifest describes (see load_component); a RestoreError names
-    the variables it affects."""
-    try:
-        return _decode_manifest(repo, manifest, namespace)
-    except RestoreError as e:
-        raise RestoreError(f"cannot restore {', '.join(manifest.names)}: {e}") from None
-
-
 def read_manifests(repo: Repository, tree: Tree, keys: Iterable[str]
-                   ) -> tuple[list[ComponentManifest], dict[tuple[str, ...], str]]:
-    """The manifests of keys, and {names: why} for those that cannot be read (damaged)."""
-    manifests, failed = [], {}
+                   ) -> tuple[list[ComponentManifest], dict[tuple[str, ...], Exception]]:
+    """The manifests of keys, and {names: error} for those that cannot be read (damaged)."""
+    manifests: list[ComponentManifest] = []
+    failed: dict[tuple[str, ...], Exception] = {}
     for key in keys:
         try:
             manifests.append(repo.manifest(key))
         except TxpyError as e:
-            failed[tuple(sorted(n for n, k in tree.components.items() if k == key))] = _why(e)
+            failed[tuple(sorted(n for n, k in tree.components.items() if k == key))] = e
     return manifests, failed
 
 
 def load_in_order(repo: Repository, manifests: list[ComponentManifest],
                   namespace: dict[str, Any], bind: Callable[[dict[str, Any]], None]
-                  ) -> dict[tuple[str, ...], str]:
+                  ) -> dict[tuple[str, ...], Exception]:
     """Decode components and bind each at once (bind gets its {name: value}), names before
     the values that need them; return {names: why} for those that could not be loaded.
 
@@ -619,15 +607,15 @@ def load_in_order(repo: Repository, manifests: list[ComponentManifest],
     Those are tried again after the others, while that makes progress; every other component
     is decoded once. Any other failure is final for that component only.
     """
-    failed: dict[tuple[str, ...], str] = {}
+    failed: dict[tuple[str, ...], Exception] = {}
     waiting, progress = manifests, True
     while waiting and progress:
         retry, progress = [], False
         for manifest in waiting:
             try:
-                bind(_decode_manifest(repo, manifest, namespace))
+                bind(decode_manifest(repo, manifest, namespace))
             except Exception as e:  # its own code may raise anything: it alone is not restored
-                failed[manifest.names] = _why(e)
+                failed[manifest.names] = e
                 if isinstance(e, NameError):
                     retry.append(manifest)
             else:
@@ -635,6 +623,14 @@ def load_in_order(repo: Repository, manifests: list[ComponentManifest],
                 progress = True
         waiting = retry
     return failed
+
+
+def first_failure(failed: dict[tuple[str, ...], Exception]) -> TxpyError:
+    """The error to raise where a partial restore is not wanted (txpy.load): txpy's own
+    errors keep their type, with the names they affect."""
+    names, e = min(failed.items(), key=lambda item: item[0])
+    what = f"cannot restore {', '.join(names)}: {_why(e)}"
+    return type(e)(what) if isinstance(e, TxpyError) else RestoreError(what)
 
 
 def _why(e: Exception) -> str:
@@ -651,7 +647,7 @@ def _not_restored(failed: dict[tuple[str, ...], str]) -> str:
         f"{', '.join(names)} ({reason})" for names, reason in sorted(failed.items()))
 
 
-def _decode_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
+def decode_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
                     ) -> dict[str, Any]:
     """{name: value} of the component a manifest describes, its chunks read and verified."""
     stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
