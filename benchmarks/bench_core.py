@@ -16,7 +16,7 @@ import numpy as np
 import xxhash
 
 import txpy
-from txpy import delta
+from txpy import components
 
 
 def best(fn, repeat=3):
@@ -33,7 +33,7 @@ def store_size(path: Path) -> int:
 
 
 def run(mb: int, chunk_size: int) -> dict[str, float]:
-    delta.CHUNK_SIZE = chunk_size
+    components.CHUNK_SIZE = chunk_size
     gb = mb / 1024
     root = Path(tempfile.mkdtemp(prefix="txpy-bench-", dir=Path.home()))
     try:
@@ -77,7 +77,7 @@ def baselines(mb: int) -> None:
     print(f"  np.copyto, warm memory      {gb / best(lambda: np.copyto(out, a)):7.2f} GB/s")
     xxh = best(lambda: xxhash.xxh3_128(view).digest())
     print(f"  xxh3-128 in place           {gb / xxh:7.2f} GB/s")
-    print(f"  txpy fingerprint (chunked)  {gb / best(lambda: delta._split(view)):7.2f} GB/s")
+    print(f"  txpy fingerprint (chunked)  {gb / best(lambda: components._split(view)):7.2f} GB/s")
 
 
 def many_names(n: int = 5000) -> None:

@@ -13,6 +13,7 @@ import torch
 
 import txpy
 from txpy import track
+from txpy.frontends.ipython_calls import shell_calls
 
 
 @pytest.fixture
@@ -44,7 +45,9 @@ class Notebook:
 
 
 def names(source: str, ns: dict) -> set | None:
-    return track.candidates(compile(textwrap.dedent(source), "<cell>", "exec"), ns)
+    """Candidates of a notebook cell (with the IPython frontend's hook for its magics)."""
+    return track.candidates(compile(textwrap.dedent(source), "<cell>", "exec"), ns,
+                            shell_calls)
 
 
 # --- unit -------------------------------------------------------------------------------

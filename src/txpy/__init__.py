@@ -8,11 +8,12 @@ import warnings
 from typing import Any
 
 from . import env
+from .components import first_failure, load_in_order, read_manifests
 from .errors import TxpyError, TxpyWarning
 from .frontends.runner import checkpoint
 from .model import Commit, Diff
 from .repo import Repository
-from .session import Session, first_failure, load_in_order, read_manifests
+from .session import Session
 
 __all__ = ["Commit", "Diff", "Session", "TxpyError", "TxpyWarning", "checkpoint", "enable",
            "load", "load_ipython_extension", "unload_ipython_extension"]
@@ -46,7 +47,7 @@ def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
         tree = repo.tree(target)
         state: dict[str, Any] = {}
         manifests, failed = read_manifests(repo, tree, set(tree.components.values()))
-        failed.update(load_in_order(repo, manifests, state, state.update))
+        failed.update(load_in_order(repo, manifests, state, state.update, _warn))
         if failed:
             raise first_failure(failed)
         if tree.unstored:
@@ -56,6 +57,10 @@ def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
         return state
     finally:
         repo.close()
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, TxpyWarning, stacklevel=3)
 
 
 def enable() -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from .store.chunks import chunk_key
 
 
 def canonical_json(value: Any) -> bytes:
@@ -69,16 +71,19 @@ class Tree:
     fingerprints: dict[str, str]  # name -> fingerprint of that name's value alone
     unstored: dict[str, Unstored] = field(default_factory=dict)
     rng: str | None = None
+    #: name -> what it is, for people (`txpy show`): "ndarray float64 (1000, 3)", "list len 12"
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        return canonical_json(
-            {
-                "components": self.components,
-                "fingerprints": self.fingerprints,
-                "unstored": {n: [u.type_name, u.reason] for n, u in self.unstored.items()},
-                "rng": self.rng,
-            }
-        )
+        raw: dict[str, Any] = {
+            "components": self.components,
+            "fingerprints": self.fingerprints,
+            "unstored": {n: [u.type_name, u.reason] for n, u in self.unstored.items()},
+            "rng": self.rng,
+        }
+        if self.kinds:  # absent from trees written before it existed; older txpy ignores it
+            raw["kinds"] = self.kinds
+        return canonical_json(raw)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Tree:
@@ -88,6 +93,7 @@ class Tree:
             fingerprints=raw["fingerprints"],
             unstored={n: Unstored(*u) for n, u in raw["unstored"].items()},
             rng=raw["rng"],
+            kinds=raw.get("kinds", {}),
         )
 
     @property
@@ -123,6 +129,10 @@ class Commit:
         # shallow: asdict deep-copies env (a thousand package versions) on every commit
         return canonical_json({f.name: getattr(self, f.name) for f in fields(self)
                                if f.name != "id"})
+
+    def sealed(self) -> Commit:
+        """This commit with its id, the hash of its body: the one place commit ids are made."""
+        return replace(self, id=chunk_key(self.body()))
 
     @classmethod
     def from_body(cls, commit_id: str, body: bytes) -> Commit:

@@ -18,7 +18,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import (
@@ -36,6 +36,15 @@ from .store.meta import MetaDB
 
 STORE_DIR = ".txpy"
 DEFAULT_BRANCH = "main"
+
+
+def store_for(start: str | os.PathLike[str] = ".") -> Path:
+    """The store a session started in start uses: the nearest existing one, else a new
+    ``.txpy`` in start."""
+    try:
+        return find_store(start)
+    except NotAStoreError:
+        return Path(start).resolve() / STORE_DIR
 
 
 def find_store(start: str | os.PathLike[str] = ".") -> Path:
@@ -175,7 +184,6 @@ class Repository:
         is detached, the commit starts a new branch instead: no one's history is lost.
         """
         body = commit.body()
-        commit = replace(commit, id=chunk_key(body))  # the caller may know it already
         history = commit.history
         parent = commit.parents[0] if commit.parents else None
         with self.meta.write() as conn:

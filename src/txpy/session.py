@@ -11,22 +11,30 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from . import env, graph, interrupts, rng
-from .delta import ComponentWriter, Fingerprint, digest_of, fingerprint
-from .encode import UnpicklableError, decode, encode
-from .errors import CommitFailedError, RestoreError, TxpyError, TxpyWarning
+from .components import (
+    ComponentWriter,
+    Fingerprint,
+    decode_manifest,
+    digest_of,
+    fingerprint,
+    load_in_order,
+    not_restored_line,
+    read_manifests,
+    reason_of,
+)
+from .encode import UnpicklableError, encode
+from .errors import CommitFailedError, RestoreError, TxpyError
 from .humanize import size
-from .model import Commit, ComponentManifest, Diff, Tree, Unstored
+from .model import Commit, Diff, Tree, Unstored
 from .repo import Repository
 from .store.backend import Bytes
-from .store.chunks import chunk_key
 
 RNG_NAME = "<random generators>"
 #: Loads and writes at least this big are announced (a pause of about a second or more here).
@@ -78,11 +86,6 @@ def persistent(shared: dict[int, Any]) -> dict[int, Any]:
         shared = survivors
 
 
-def with_id(commit: Commit) -> Commit:
-    """commit with its id: the hash of its canonical body."""
-    return replace(commit, id=chunk_key(commit.body()))
-
-
 def default_notify(message: str) -> None:
     print(f"txpy: {message}", file=sys.stderr)
 
@@ -119,6 +122,7 @@ class Session:
         self._sharing = graph.SharingIndex()  # what each name in _known reached, by id
         self._components: dict[tuple[tuple[str, ...], str], str] = {}  # (names, digest) -> key
         self._warned: set[tuple[str, str]] = set()
+        self._blocks: Any = None  # Transactions of `with session.transaction():` blocks
         self._branch, head = self.repo.meta.head(name)
         self._head: Commit | None = self.repo.commit(head) if head else None
         self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
@@ -199,14 +203,14 @@ class Session:
                         self.repo.chunks.has(k))
         if not background:
             self._announce("writing", new_bytes)
-        commit = with_id(Commit(
+        commit = Commit(
             id="", history=self.name, parents=(self._head.id,) if self._head else (),
             tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
             reads=tuple(sorted(cand or ())), writes=(), env=env.fingerprint(),
             duration=duration,
             stats={"examined": len(examine), "bytes_new": new_bytes,
                    "commit_seconds": round(time.perf_counter() - started, 6)},
-        ))
+        ).sealed()
         before = _Published(self._head, self._tree, self._branch)
         if background:
             if self._pool is None:
@@ -326,14 +330,14 @@ class Session:
                 prints[n] = fingerprint(encode(value, self.namespace, collect_shared=True))
             except UnpicklableError as e:
                 unstored[n] = Unstored(type(value).__name__, str(e))
-                self._warn_once(n, f"{n!r} is not stored ({type(value).__name__}: {e}); "
+                self._say_once(n, f"{n!r} is not stored ({type(value).__name__}: {e}); "
                                    "a restore will not bring it back")
         return prints, unstored
 
-    def _warn_once(self, name: str, message: str) -> None:
+    def _say_once(self, name: str, message: str) -> None:
         if (name, message) not in self._warned:
             self._warned.add((name, message))
-            warnings.warn(message, TxpyWarning, stacklevel=4)
+            self.notify(message)
 
     def _build_tree(self, current: dict[str, Any], examine: set[str],
                     prints: dict[str, Fingerprint], groups: list[tuple[str, ...]],
@@ -416,19 +420,13 @@ class Session:
                 raise AssertionError(f"txpy verify: {n!r} changed but was not examined")
 
     # --- transactions --------------------------------------------------------------------
-    @contextmanager
-    def transaction(self, message: str = "") -> Iterator[Session]:
+    def transaction(self, message: str = "") -> AbstractContextManager[Session]:
         """Commit on success; on any exception (KeyboardInterrupt too) roll back, re-raise."""
-        self.commit()
-        started = time.perf_counter()
-        try:
-            yield self
-        except BaseException as e:
-            restored = self.rollback()
-            what = ", ".join(restored) if restored else "nothing had changed"
-            self.notify(f"rolled back after {type(e).__name__}: {what}")
-            raise
-        self.commit(message, kind="block", duration=time.perf_counter() - started)
+        if self._blocks is None:
+            from .transaction import Transactions  # the layer above this one
+
+            self._blocks = Transactions(self, "block")
+        return self._blocks.block(message)
 
     def rollback(self, candidates: Iterable[str] | None = None) -> list[str]:
         """Put the namespace back to HEAD; return the names that were restored or removed."""
@@ -524,8 +522,9 @@ class Session:
             self.namespace.update(values)
             loaded.update(values)
 
-        unreadable.update(load_in_order(self.repo, manifests, self.namespace, bind))
-        failed = {names: _why(e) for names, e in unreadable.items()}
+        unreadable.update(load_in_order(self.repo, manifests, self.namespace, bind,
+                                        self.notify))
+        failed = {names: reason_of(e) for names, e in unreadable.items()}
         unloaded = {n for group in failed for n in group}
         for n in names | loaded | unloaded:
             if n in tree.unstored:
@@ -540,7 +539,7 @@ class Session:
             self.notify("kept as they are (never stored, cannot be rolled back): "
                         + ", ".join(kept))
         if failed:
-            self.notify(_not_restored(failed))
+            self.notify(not_restored_line(failed))
         return {n for group in failed for n in group}
 
     def _restore_rng(self, tree: Tree) -> None:
@@ -552,7 +551,7 @@ class Session:
             state = decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
             rng.restore(state)
         except Exception as e:
-            self.notify(_not_restored({(RNG_NAME,): _why(e)}))
+            self.notify(not_restored_line({(RNG_NAME,): reason_of(e)}))
 
     def _announce(self, verb: str, nbytes: int) -> None:
         """Say so before work on big data, so that a long pause is explained."""
@@ -581,89 +580,3 @@ class Session:
         if ref is None or target.id == (self._head.id if self._head else None):
             self.repo.set_head(self.name, name, target.id)
             self._branch = name
-
-
-def read_manifests(repo: Repository, tree: Tree, keys: Iterable[str]
-                   ) -> tuple[list[ComponentManifest], dict[tuple[str, ...], Exception]]:
-    """The manifests of keys, and {names: error} for those that cannot be read (damaged)."""
-    manifests: list[ComponentManifest] = []
-    failed: dict[tuple[str, ...], Exception] = {}
-    for key in keys:
-        try:
-            manifests.append(repo.manifest(key))
-        except TxpyError as e:
-            failed[tuple(sorted(n for n, k in tree.components.items() if k == key))] = e
-    return manifests, failed
-
-
-def load_in_order(repo: Repository, manifests: list[ComponentManifest],
-                  namespace: dict[str, Any], bind: Callable[[dict[str, Any]], None]
-                  ) -> dict[tuple[str, ...], Exception]:
-    """Decode components and bind each at once (bind gets its {name: value}), names before
-    the values that need them; return {names: why} for those that could not be loaded.
-
-    Which name a value needs shows only while it loads: a ``__setstate__`` calling a notebook
-    function, a reference to a singleton by name raise NameError until that name is bound.
-    Those are tried again after the others, while that makes progress; every other component
-    is decoded once. Any other failure is final for that component only.
-    """
-    failed: dict[tuple[str, ...], Exception] = {}
-    waiting, progress = manifests, True
-    while waiting and progress:
-        retry, progress = [], False
-        for manifest in waiting:
-            try:
-                bind(decode_manifest(repo, manifest, namespace))
-            except Exception as e:  # its own code may raise anything: it alone is not restored
-                failed[manifest.names] = e
-                if isinstance(e, NameError):
-                    retry.append(manifest)
-            else:
-                failed.pop(manifest.names, None)
-                progress = True
-        waiting = retry
-    return failed
-
-
-def first_failure(failed: dict[tuple[str, ...], Exception]) -> TxpyError:
-    """The error to raise where a partial restore is not wanted (txpy.load): txpy's own
-    errors keep their type, with the names they affect."""
-    names, e = min(failed.items(), key=lambda item: item[0])
-    what = f"cannot restore {', '.join(names)}: {_why(e)}"
-    return type(e)(what) if isinstance(e, TxpyError) else RestoreError(what)
-
-
-def _why(e: Exception) -> str:
-    """One line saying why a value was not restored (txpy's own errors say it already)."""
-    text = str(e).splitlines()[0] if str(e) else ""
-    if not isinstance(e, TxpyError):
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text[:200]
-
-
-def _not_restored(failed: dict[tuple[str, ...], str]) -> str:
-    """The one line naming every value not restored, each with why."""
-    return "not restored: " + ", ".join(
-        f"{', '.join(names)} ({reason})" for names, reason in sorted(failed.items()))
-
-
-def decode_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
-                    ) -> dict[str, Any]:
-    """{name: value} of the component a manifest describes, its chunks read and verified."""
-    stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
-    buffers: list[Any] = []
-    for ref in manifest.buffers:
-        buf = bytearray(ref.nbytes)
-        pos = 0
-        for k in ref.chunks:
-            data = repo.chunks.get(k)
-            buf[pos:pos + len(data)] = data
-            pos += len(data)
-        buffers.append(bytes(buf) if ref.readonly else buf)
-    value = decode(stream, buffers, namespace)
-    if manifest.notes:
-        warnings.warn(f"{', '.join(manifest.names)}: {'; '.join(manifest.notes)}", TxpyWarning,
-                      stacklevel=3)
-    if len(manifest.names) == 1:
-        return {manifest.names[0]: value}
-    return dict(zip(manifest.names, value, strict=True))

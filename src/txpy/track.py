@@ -18,12 +18,11 @@ The namespace stays a plain dict: nothing here intercepts lookups.
 
 from __future__ import annotations
 
-import dis
 import functools
 import gc
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,26 +30,12 @@ from typing import Any
 DYNAMIC_NAMES = frozenset({
     "globals", "vars", "locals", "eval", "exec", "execfile", "__import__", "__main__",
     "__globals__", "__builtins__", "f_globals", "f_locals", "f_back", "_getframe",
-    "currentframe", "user_ns", "user_global_ns", "user_ns_hidden", "run_path", "run_module",
-    "breakpoint",
+    "currentframe", "run_path", "run_module", "breakpoint",
 })
 
-#: IPython shell methods a transformed cell may call with constant arguments.
-_SHELL_CALLS = frozenset({"run_line_magic", "run_cell_magic", "system", "getoutput"})
-
-#: Magics whose argument is Python code run in the user namespace.
-_CODE_MAGICS = frozenset({"time", "timeit", "prun", "capture"})
-
-#: Magics (and aliases) that cannot touch the user namespace except by binding new names,
-#: which the session catches by itself.
-_INERT_MAGICS = frozenset({
-    "matplotlib", "config", "pwd", "cd", "who", "whos", "who_ls", "lsmagic", "magic", "pinfo",
-    "pinfo2", "psearch", "pdoc", "pdef", "psource", "pfile", "precision", "xmode", "colors",
-    "history", "hist", "txpy", "pip", "conda", "env", "ls", "ll", "lf", "lk", "lx", "cat",
-    "cp", "mv", "mkdir", "rm", "rmdir", "clear", "page", "pprint", "doctest_mode",
-    "bash", "sh", "script", "writefile", "html", "javascript", "js", "markdown", "latex",
-    "svg", "perl", "ruby", "sx", "system", "timeit_setup",
-})
+#: A frontend's reader of code only it understands (IPython's magics and shell calls): the
+#: names a code object reaches that way, or None if it cannot tell (examine every name).
+Hook = Callable[[types.CodeType], "frozenset[str] | None"]
 
 #: Objects walked per call before giving up on precision (see _all_user_code_names).
 WALK_BUDGET = 20_000
@@ -72,35 +57,34 @@ class CodeNames:
     dynamic: bool
 
 
-def candidates(code: types.CodeType, namespace: dict[str, Any]) -> set[str] | None:
+def candidates(code: types.CodeType, namespace: dict[str, Any], hook: Hook | None = None
+               ) -> set[str] | None:
     """Names of ``namespace`` that running ``code`` there could read, write or mutate in
-    place; None means "anything" (examine every name)."""
+    place; None means "anything" (examine every name). hook: see Hook."""
     try:
-        return _Walker(namespace).run(code)
+        return _Walker(namespace, hook).run(code)
     except Dynamic:
         return None
     except Exception:  # user code the walk ran raised (a __len__, a __getattr__...)
         return None
 
 
-def code_names(code: types.CodeType) -> CodeNames:
-    """co_names of code and of every code object nested in it, and whether any is dynamic."""
-    return _code_names(code)
-
-
 @functools.lru_cache(maxsize=8192)
-def _code_names(code: types.CodeType) -> CodeNames:
+def code_names(code: types.CodeType, hook: Hook | None = None) -> CodeNames:
+    """co_names of code and of every code object nested in it (and what hook finds in them),
+    and whether any is dynamic."""
     names: set[str] = set()
     dynamic = False
     for c in _nested_code(code):
         names.update(c.co_names)
         if "__main__" in c.co_consts:
             dynamic = True
-        if "get_ipython" in c.co_names:
-            try:
-                names.update(_shell_call_names(c))
-            except Dynamic:
+        if hook is not None:
+            found = hook(c)
+            if found is None:
                 dynamic = True
+            else:
+                names.update(found)
     if not dynamic:
         dynamic = not DYNAMIC_NAMES.isdisjoint(names) or (
             "modules" in names and "sys" in names)
@@ -115,68 +99,12 @@ def _nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
         stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
 
 
-_SKIP_OPS = frozenset({"PRECALL", "CACHE", "NOP", "EXTENDED_ARG", "PUSH_NULL", "KW_NAMES"})
-
-
-def _shell_call_names(code: types.CodeType) -> set[str]:
-    """Names reached by IPython's ``get_ipython().run_line_magic('name', 'args')`` calls in
-    code (what ``%magic`` lines become): only calls with constant arguments to magics known
-    to run no code, or to run code given as text, can be followed."""
-    names: set[str] = set()
-    ins = [i for i in dis.get_instructions(code) if i.opname not in _SKIP_OPS]
-    for k, i in enumerate(ins):
-        if i.argval != "get_ipython" or not i.opname.startswith("LOAD_"):
-            continue
-        if k + 2 >= len(ins) or not ins[k + 1].opname.startswith("CALL") \
-                or ins[k + 2].opname not in ("LOAD_METHOD", "LOAD_ATTR") \
-                or ins[k + 2].argval not in _SHELL_CALLS:
-            raise Dynamic
-        args = []
-        for j in ins[k + 3:]:
-            if j.opname.startswith("CALL"):
-                break
-            if j.opname != "LOAD_CONST" or not isinstance(j.argval, (str, int)):
-                raise Dynamic
-            args.append(j.argval)
-        names.update(_magic_names(ins[k + 2].argval, args))
-    return names
-
-
-def _magic_names(method: str, args: list[Any]) -> set[str]:
-    if method in ("system", "getoutput"):
-        return set()
-    magic = args[0] if args else None
-    if magic in _INERT_MAGICS:
-        return set()
-    if magic not in _CODE_MAGICS:
-        raise Dynamic
-    texts = [a for a in args[1:] if isinstance(a, str)]
-    names: set[str] = set()
-    for text in texts:
-        found = _names_in_source(text, strip_options=True)
-        names |= found.names
-        if found.dynamic:
-            raise Dynamic
-    return names
-
-
-def _names_in_source(text: str, strip_options: bool) -> CodeNames:
-    """Names in a magic's code argument; leading ``-n 10``-style options are dropped."""
-    words = text.split(" ")
-    for k in range(len(words) if strip_options else 1):
-        source = " ".join(words[k:])
-        try:
-            return _code_names(compile(source, "<magic>", "exec"))
-        except SyntaxError:
-            continue
-    raise Dynamic
-
-
 class _Walker:
     """One candidates() computation: follows names to the user code they can run."""
 
-    def __init__(self, namespace: dict[str, Any]):
+    def __init__(self, namespace: dict[str, Any], hook: Hook | None):
         self.ns = namespace
+        self.hook = hook
         self.main = namespace.get("__name__", "__main__")
         self.found: set[str] = set()
         self.pending: list[str] = []
@@ -195,7 +123,7 @@ class _Walker:
             except _OverBudget:
                 # too big to walk: every name any notebook code mentions is closed under
                 # "the code it can run", so nothing more needs following
-                self._add_names(_all_user_code_names(self.ns))
+                self._add_names(_all_user_code_names(self.ns, self.hook))
                 self.found.update(n for n, v in self.ns.items()
                                   if self._is_user_function(v) or (isinstance(v, type)
                                                                    and self._is_user_class(v)))
@@ -203,7 +131,7 @@ class _Walker:
         return self.found
 
     def _add_code(self, code: types.CodeType) -> None:
-        cn = _code_names(code)
+        cn = code_names(code, self.hook)
         if cn.dynamic:
             raise Dynamic
         self._add_names(cn.names)
@@ -321,14 +249,14 @@ class _OverBudget(Exception):
     pass
 
 
-def _all_user_code_names(namespace: dict[str, Any]) -> set[str]:
+def _all_user_code_names(namespace: dict[str, Any], hook: Hook | None) -> set[str]:
     """Every name that any function whose globals are namespace mentions: the sound answer
     when a value is too big to walk. Functions refer to their globals, so the garbage
     collector finds them all, wherever they are kept."""
     names: set[str] = set()
     for ref in gc.get_referrers(namespace):
         if isinstance(ref, types.FunctionType) and ref.__globals__ is namespace:
-            cn = _code_names(ref.__code__)
+            cn = code_names(ref.__code__, hook)
             if cn.dynamic:
                 raise Dynamic
             names |= cn.names

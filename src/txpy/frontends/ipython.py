@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import sys
-import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,15 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .. import track
-from ..errors import NotAStoreError, TxpyError
+from ..errors import TxpyError
 from ..humanize import size, when
 from ..model import Commit
-from ..repo import STORE_DIR, find_store
+from ..repo import store_for
 from ..session import Session, is_dunder
+from ..transaction import Transaction, Transactions, one_line
+from .ipython_calls import shell_calls
 
 DEFAULT_HISTORY = "ipython"
-#: Every this many cells a commit examines every name, catching what static tracking cannot
-#: see (a library that kept a notebook object from an earlier cell and mutated it later).
-SWEEP_EVERY = 50
 
 #: Names IPython itself puts in (and keeps updating in) the user namespace.
 _IPYTHON_NAME = re.compile(r"_(i{1,3}|i\d+|\d+|oh|ih|dh|exit_code|sh)?|__|___|In|Out|exit|quit|"
@@ -45,7 +42,7 @@ def notify(message: str) -> None:
     print(f"txpy: {message}", file=sys.stderr, flush=True)
 
 
-def history_name(ip: Any, store: Path) -> str:
+def notebook_history(ip: Any, store: Path) -> str:
     """The notebook's path relative to the store's directory when Jupyter tells us which
     notebook this is, else "ipython"."""
     path = os.environ.get("JPY_SESSION_NAME") or ip.user_ns.get("__vsc_ipynb_file__")
@@ -56,13 +53,6 @@ def history_name(ip: Any, store: Path) -> str:
         return p.resolve().relative_to(store.parent.resolve()).as_posix()
     except ValueError:
         return p.name
-
-
-def open_store_path(cwd: str | os.PathLike[str] = ".") -> Path:
-    try:
-        return find_store(cwd)
-    except NotAStoreError:
-        return Path(cwd).resolve() / STORE_DIR
 
 
 class _Lease:
@@ -94,22 +84,20 @@ class Extension:
         self.ip = ip
         self.enabled = True
         self.errors: list[BaseException] = []  # commit failures, for the curious and for tests
-        self.store = Path(store) if store is not None else open_store_path(os.getcwd())
+        self.store = Path(store) if store is not None else store_for(os.getcwd())
         self.session: Session | None = None
         self.lease: _Lease | None = None
         self._hidden = dict(getattr(ip, "user_ns_hidden", {}))
+        self.txns: Transactions | None = None
         #: cells running now, outermost first: a cell may run cells (run_cell) or none may
         #: have started (an empty cell gets a post_run_cell only)
         self._running: list[tuple[Any, _Cell | None]] = []
-        self._uncommitted: set[str] | None = set()  # candidates of cells not yet committed
-        self._unsaved: BaseException | None = None  # why the last commit failed
         self._fresh: set[str] | None = None  # names before the first cell of a fresh kernel
         #: HEAD a fresh kernel found: what `%txpy restore` brings back, even after this
         #: kernel has committed cells of its own (on a branch of their own)
         self.saved: tuple[Commit, str | None] | None = None
-        self._cells = 0
         if attach:
-            self.attach(history or history_name(ip, self.store))
+            self.attach(history or notebook_history(ip, self.store))
 
     # --- session ------------------------------------------------------------------------
     def ignore(self, name: str) -> bool:
@@ -123,14 +111,14 @@ class Extension:
         self.detach()
         self.session = Session(self.store, history, self.ip.user_ns, ignore=self.ignore,
                                notify=notify)
+        self.txns = Transactions(self.session, "cell", shell_calls, self.errors)
         self.lease = _Lease(self.session.repo.path, history)
         if not self.lease.held:
             self._own_branch()
-        self._uncommitted = set()
         head = self.session.head
         self.saved = None
         if any(not self.ignore(n) for n in self.ip.user_ns):
-            self._commit(None, kind="auto", message="txpy enabled", code=None)
+            self.save_all("txpy enabled")
             self._fresh = None
         else:
             # a fresh kernel: HEAD holds the last kernel's state; this kernel's own commits
@@ -194,41 +182,34 @@ class Extension:
             cell = self._begin(info)
         except BaseException as e:  # still a transaction: one that may have touched anything
             self.errors.append(e)
-            s = self.session
-            if s is not None and self.enabled:
-                cell = _Cell(info.raw_cell or "", None, time.perf_counter(), False, s.head,
-                             s.branch, self._unsaved)
+            if self.txns is not None and self.enabled:
+                cell = _Cell(self.txns.begin(None, info.raw_cell or ""), False)
             if not isinstance(e, Exception):
                 raise
         finally:  # whatever failed above, the cell is known to have started
             self._running.append((info, cell))
 
     def _begin(self, info: Any) -> _Cell | None:
-        if not self.enabled or self.session is None:
+        if not self.enabled or self.txns is None:
             return None
-        s = self.session
         raw = info.raw_cell or ""
         try:
             code = compile(self.ip.transform_cell(raw), "<cell>", "exec")
-            candidates = track.candidates(code, self.ip.user_ns)
         except (SyntaxError, ValueError, OverflowError):
-            candidates = None  # IPython will report it; nothing will run
+            code = None  # IPython will report it; nothing will run
         if self._fresh is not None:
             self._fresh = {n for n in self.ip.user_ns if not self.ignore(n)}
-        elif self._unsaved is not None and not _only_txpy_magic(raw):
-            # the last cell's results are only in memory: a rollback of this cell must
-            # not throw them away, so they are saved first
-            self._commit(set(), kind="auto", message="retry", code=None)
-        return _Cell(raw, candidates, time.perf_counter(), _only_txpy_magic(raw),
-                     s.head, s.branch, self._unsaved)
+        if _only_txpy_magic(raw):  # %txpy commits by itself
+            return _Cell(Transaction(self.txns.session.head, self.txns.session.branch, None),
+                         True)
+        return _Cell(self.txns.begin(code, raw), False)
 
     def post_run_cell(self, result: Any) -> None:
         try:
             self._end(result)
         except BaseException as e:  # interrupted in txpy's own time (or a txpy bug)
-            self.errors.append(e)
-            self._uncommitted = None  # the next commit examines every name
-            self._unsaved = self._unsaved or e
+            if self.txns is not None:
+                self.txns.lost_track(e)
             notify(f"interrupted while saving this cell ({type(e).__name__}); the next cell "
                    "saves everything")
             if not isinstance(e, (Exception, KeyboardInterrupt)):
@@ -243,113 +224,62 @@ class Extension:
                 return  # a nested cell: the outer cell commits or rolls back all of it
         else:
             self._running.clear()
-        if not self.enabled or self.session is None:
+        if not self.enabled or self.txns is None:
             return
         if cell is None:  # the cell that loaded us, an empty one, or one run while we were off
             if self._fresh is None:
-                self._commit(None, kind="auto", message="", code=None)
+                self.save_all("")
             return
-        if cell.txpy_magic:
-            return  # %txpy does its own committing
-        error = result.error_in_exec
-        if result.error_before_exec is not None:
-            return  # nothing ran
-        if error is not None:
-            self._rollback(cell, error)
-            return
-        self._cells += 1
-        candidates = cell.candidates
-        if self._cells % SWEEP_EVERY == 0:
-            candidates = None
-        self._commit(candidates, kind="cell", code=cell.source, message="",
-                     duration=time.perf_counter() - cell.started)
-
-    def _commit(self, candidates: set[str] | None, *, kind: str, code: str | None,
-                message: str, duration: float = 0.0) -> str | None:
-        s = self.session
-        assert s is not None
-        if self._uncommitted is None or candidates is None:
-            cand = None
+        if cell.txpy_magic or result.error_before_exec is not None:
+            return  # %txpy does its own committing; or nothing ran
+        if result.error_in_exec is not None:
+            self._rollback(cell.txn, result.error_in_exec)
         else:
-            cand = self._uncommitted | candidates
+            self._commit(cell.txn, kind="cell")
+
+    def _commit(self, txn: Transaction, *, kind: str, message: str = "") -> None:
+        assert self.txns is not None
         if self.saved is not None and self._fresh is not None:
             self._leave_saved_state()
-        before = s.head
-        try:
-            cid = s.commit(message, kind=kind, code=code, candidates=cand, duration=duration)
-        except (Exception, KeyboardInterrupt) as e:
-            self.errors.append(e)
-            if s.head is not before:  # interrupted after the commit was made: it stands
-                self._saved_now()
-                notify(f"interrupted ({type(e).__name__}) just after this cell was saved")
-                return s.head.id if s.head else None
-            self._uncommitted = cand
-            self._unsaved = e
-            notify(f"could not save this cell ({type(e).__name__}: {_one_line(e)}); its "
-                   "results are kept in memory and the next cell will try again")
-            return None
-        self._saved_now()
-        return cid
+        if self.txns.commit(txn, kind=kind, message=message) is not None:
+            self._fresh = None
 
-    def _saved_now(self) -> None:
-        self._uncommitted = set()
-        self._unsaved = None
-        self._fresh = None
+    def save_all(self, message: str) -> None:
+        """Commit every name (when txpy starts watching, or after %txpy moved the state)."""
+        assert self.txns is not None
+        txn = self.txns.begin()
+        self.txns.note(txn, None, "")
+        self._commit(txn, kind="auto", message=message)
 
-    def _rollback(self, cell: _Cell, error: BaseException) -> None:
-        s = self.session
-        assert s is not None
-        why = type(error).__name__
-        if self._fresh is not None:
-            created = sorted(n for n in self.ip.user_ns
-                             if not self.ignore(n) and n not in self._fresh)
-            for n in created:
-                del self.ip.user_ns[n]
-            notify(f"rolled back after {why}: " + (f"removed {', '.join(created)}"
-                                                   if created else "nothing had changed"))
+    @property
+    def fresh(self) -> bool:
+        """A new kernel that has neither committed nor restored anything yet."""
+        return self._fresh is not None
+
+    def moved(self) -> None:
+        """%txpy made the namespace what HEAD holds (restore, checkout)."""
+        assert self.txns is not None
+        self.saved = self._fresh = None
+        self.txns.settled()
+
+    def _rollback(self, txn: Transaction, error: BaseException) -> None:
+        if self._fresh is None:
+            assert self.txns is not None
+            self.txns.rollback(txn, error)
             return
-        if cell.unsaved is not None:
-            if cell.candidates is None:
-                self._uncommitted = None
-            elif self._uncommitted is not None:
-                self._uncommitted |= cell.candidates
-            notify(f"cannot roll back after {why}: the state before this cell could not be "
-                   f"saved ({type(cell.unsaved).__name__}: {_one_line(cell.unsaved)}); the "
-                   "namespace is as the failed cell left it")
-            return
-        try:
-            if cell.head is not None and s.head is not None and s.head.id != cell.head.id:
-                # the cell moved HEAD (%txpy checkout) before it failed: undo that too
-                s.return_to(cell.head, cell.branch)
-                self._saved_now()
-                notify(f"rolled back after {why}: back at commit {cell.head.short}"
-                       + (f" on branch {cell.branch!r}" if cell.branch else ""))
-                return
-            cand = None if self._uncommitted is None or cell.candidates is None \
-                else self._uncommitted | cell.candidates
-            restored = s.rollback(cand)
-        except (Exception, KeyboardInterrupt) as e:
-            self.errors.append(e)
-            notify(f"could not roll back after {why} ({type(e).__name__}: {_one_line(e)}); "
-                   "the namespace is as the failed cell left it")
-            return
-        self._uncommitted = set()
-        notify(f"rolled back after {why}: " + (", ".join(restored) if restored
-                                                else "nothing had changed"))
+        created = sorted(n for n in self.ip.user_ns if not self.ignore(n) and n not in self._fresh)
+        for n in created:
+            del self.ip.user_ns[n]
+        notify(f"rolled back after {type(error).__name__}: "
+               + (f"removed {', '.join(created)}" if created else "nothing had changed"))
 
 
 @dataclass(frozen=True)
 class _Cell:
-    """A top-level cell as it started: its code, and where HEAD was."""
+    """A top-level cell as it started."""
 
-    source: str
-    candidates: set[str] | None
-    started: float
+    txn: Transaction
     txpy_magic: bool
-    head: Commit | None
-    branch: str | None
-    #: why the state before it is not committed (the last commit failed twice), or None
-    unsaved: BaseException | None
 
 
 _MISSING = object()
@@ -358,11 +288,6 @@ _MISSING = object()
 def _only_txpy_magic(raw: str) -> bool:
     lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
     return bool(lines) and all(ln.startswith("%txpy") for ln in lines)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else ""
 
 
 @magics_class
@@ -402,7 +327,7 @@ class TxpyMagics(Magics):
 
     def _failed(self, command: str, e: Exception) -> None:
         self.ext.errors.append(e)
-        notify(f"%txpy {command} failed ({type(e).__name__}: {_one_line(e)})")
+        notify(f"%txpy {command} failed ({type(e).__name__}: {one_line(e)})")
 
     @property
     def session(self) -> Session:
@@ -422,14 +347,13 @@ class TxpyMagics(Magics):
             kept = {n: v for n, v in ext.ip.user_ns.items()
                     if not ext.ignore(n) and n not in tree.names}
         commit = s.restore(ref)
-        ext.saved = None
         ext.ip.user_ns.update(kept)
-        ext._saved_now()
+        ext.moved()
         names = sorted(s.repo.tree(commit).names - s.unstored.keys())
         print(f"restored {len(names)} names from commit {commit.short} ({when(commit.time)}): "
               + ", ".join(names))
         if kept:
-            ext._commit(None, kind="auto", message="restored", code=None)
+            ext.save_all("restored")
             print("kept from this kernel (not in the saved state): " + ", ".join(sorted(kept)))
 
     def _do_log(self, count: str = "20") -> None:
@@ -467,8 +391,7 @@ class TxpyMagics(Magics):
 
     def _do_checkout(self, ref: str) -> None:
         commit = self.session.checkout(ref)
-        self.ext.saved = None
-        self.ext._saved_now()
+        self.ext.moved()
         where = f"branch {self.session.branch!r}" if self.session.branch else \
             "a detached commit (new cells start a new branch)"
         print(f"checked out {commit.short} ({when(commit.time)}); now on {where}")
@@ -495,7 +418,7 @@ class TxpyMagics(Magics):
               f"durability {s.durability}")
         h = s.head
         print(f"last commit: {h.short} {when(h.time)} {h.kind}" if h else "last commit: none")
-        if ext._fresh is not None and h is not None:
+        if ext.fresh and h is not None:
             print("  (not restored in this kernel: %txpy restore brings it back)")
         for n, u in sorted(s.unstored.items()):
             print(f"not stored: {n} ({u.type_name}): {u.reason}")
@@ -510,8 +433,8 @@ class TxpyMagics(Magics):
             print("txpy is already on")
             return
         ext.enabled = True
-        if ext._fresh is None:
-            ext._commit(None, kind="auto", message="txpy on", code=None)
+        if not ext.fresh:
+            ext.save_all("txpy on")
         print("txpy is on")
 
     def _do_durability(self, level: str) -> None:
@@ -537,7 +460,7 @@ def load_ipython_extension(ip: Any) -> Extension:
         return _extensions[id(ip)][0]
     ext = Extension(ip, attach=False)
     try:
-        ext.attach(history_name(ip, ext.store))
+        ext.attach(notebook_history(ip, ext.store))
     except (TxpyError, OSError) as e:
         ext.errors.append(e)
         notify(f"{e}. This notebook is NOT being saved: nothing is committed or rolled back "

@@ -1,18 +1,26 @@
-"""Fingerprints of encoded values, and writing only what changed.
+"""Components (co-variables) to and from the store: fingerprints, manifests, chunks.
 
-A fingerprint is xxh3-128 over the pickle stream and the per-chunk digests of every
+Writing: a fingerprint is xxh3-128 over the pickle stream and the per-chunk digests of every
 out-of-band buffer (≈30 GB/s here, hashed in place). Only chunks whose xxh3 digest is new are
-hashed again with blake3 to get their store key, compressed and written.
+hashed again with blake3 to get their store key; the writer decides under the store lock
+which of them the store lacks.
+
+Reading: a manifest's chunks are read and verified, then unpickled; components load in
+dependency order and one that cannot be loaded costs only its own names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
-from .encode import Encoded, encode
-from .model import BufferRef, ComponentManifest
+from .encode import Encoded, decode, encode
+from .errors import RestoreError, TxpyError
+from .model import BufferRef, ComponentManifest, Tree
+from .repo import Repository
 from .store.backend import Bytes
 from .store.chunks import ChunkStore, chunk_key
 
@@ -129,3 +137,89 @@ class ComponentWriter:
     def discard(self) -> None:
         """Forget queued chunks (the commit was abandoned)."""
         self._pending = []
+
+
+def read_manifests(repo: Repository, tree: Tree, keys: Iterable[str]
+                   ) -> tuple[list[ComponentManifest], dict[tuple[str, ...], Exception]]:
+    """The manifests of keys, and {names: error} for those that cannot be read (damaged)."""
+    manifests: list[ComponentManifest] = []
+    failed: dict[tuple[str, ...], Exception] = {}
+    for key in keys:
+        try:
+            manifests.append(repo.manifest(key))
+        except TxpyError as e:
+            failed[tuple(sorted(n for n, k in tree.components.items() if k == key))] = e
+    return manifests, failed
+
+
+def load_in_order(repo: Repository, manifests: list[ComponentManifest],
+                  namespace: dict[str, Any], bind: Callable[[dict[str, Any]], None],
+                  notify: Callable[[str], None]) -> dict[tuple[str, ...], Exception]:
+    """Decode components and bind each at once (bind gets its {name: value}), names before
+    the values that need them; return {names: error} for those that could not be loaded.
+    What a component's encoder could not keep exactly (its notes) goes to notify.
+
+    Which name a value needs shows only while it loads: a ``__setstate__`` calling a notebook
+    function, a reference to a singleton by name raise NameError until that name is bound.
+    Those are tried again after the others, while that makes progress; every other component
+    is decoded once. Any other failure is final for that component only.
+    """
+    failed: dict[tuple[str, ...], Exception] = {}
+    waiting, progress = manifests, True
+    while waiting and progress:
+        retry, progress = [], False
+        for manifest in waiting:
+            try:
+                bind(decode_manifest(repo, manifest, namespace))
+            except Exception as e:  # its own code may raise anything: it alone is not restored
+                failed[manifest.names] = e
+                if isinstance(e, NameError):
+                    retry.append(manifest)
+            else:
+                failed.pop(manifest.names, None)
+                progress = True
+                if manifest.notes:
+                    notify(f"{', '.join(manifest.names)}: {'; '.join(manifest.notes)}")
+        waiting = retry
+    return failed
+
+
+def first_failure(failed: dict[tuple[str, ...], Exception]) -> TxpyError:
+    """The error to raise where a partial restore is not wanted (txpy.load): txpy's own
+    errors keep their type, with the names they affect."""
+    names, e = min(failed.items(), key=lambda item: item[0])
+    what = f"cannot restore {', '.join(names)}: {reason_of(e)}"
+    return type(e)(what) if isinstance(e, TxpyError) else RestoreError(what)
+
+
+def reason_of(e: Exception) -> str:
+    """One line saying why a value was not restored (txpy's own errors say it already)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    if not isinstance(e, TxpyError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text[:200]
+
+
+def not_restored_line(failed: dict[tuple[str, ...], str]) -> str:
+    """The one line naming every value not restored, each with why."""
+    return "not restored: " + ", ".join(
+        f"{', '.join(names)} ({reason})" for names, reason in sorted(failed.items()))
+
+
+def decode_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """{name: value} of the component a manifest describes, its chunks read and verified."""
+    stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
+    buffers: list[Any] = []
+    for ref in manifest.buffers:
+        buf = bytearray(ref.nbytes)
+        pos = 0
+        for k in ref.chunks:
+            data = repo.chunks.get(k)
+            buf[pos:pos + len(data)] = data
+            pos += len(data)
+        buffers.append(bytes(buf) if ref.readonly else buf)
+    value = decode(stream, buffers, namespace)
+    if len(manifest.names) == 1:
+        return {manifest.names[0]: value}
+    return dict(zip(manifest.names, value, strict=True))
