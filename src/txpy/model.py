@@ -119,7 +119,9 @@ class Commit:
     kind: str  # "api", "block", "cell", "stmt"
     message: str = ""
     code: str | None = None
+    #: names the transaction could have read; ("*",) when it could have read any
     reads: tuple[str, ...] = ()
+    #: names it added, removed, rebound or changed the content of
     writes: tuple[str, ...] = ()
     env: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0

@@ -29,6 +29,7 @@ from .components import (
     read_manifests,
     reason_of,
 )
+from .describe import describe
 from .encode import UnpicklableError, encode
 from .errors import CommitFailedError, RestoreError, TxpyError
 from .humanize import size
@@ -37,6 +38,8 @@ from .repo import Repository
 from .store.backend import Bytes
 
 RNG_NAME = "<random generators>"
+#: a commit's read set when its transaction could have read any name
+ANY_NAME = ("*",)
 #: Loads and writes at least this big are announced (a pause of about a second or more here).
 ANNOUNCE_BYTES = 256 << 20
 
@@ -206,7 +209,8 @@ class Session:
         commit = Commit(
             id="", history=self.name, parents=(self._head.id,) if self._head else (),
             tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
-            reads=tuple(sorted(cand or ())), writes=(), env=env.fingerprint(),
+            reads=ANY_NAME if cand is None else tuple(sorted(cand & current.keys())),
+            writes=self._writes(tree, current, examine), env=env.fingerprint(),
             duration=duration,
             stats={"examined": len(examine), "bytes_new": new_bytes,
                    "commit_seconds": round(time.perf_counter() - started, 6)},
@@ -371,7 +375,26 @@ class Session:
                 components[n] = key
         rng_key = key_for((RNG_NAME,), fingerprint(encode(rng.capture(), None,
                                                           collect_shared=False)))
-        return Tree(components, digests, unstored, rng_key), staged
+        earlier = self._tree.kinds if self._tree else {}
+        kinds = {n: describe(current[n]) if n in examine else earlier[n]
+                 for n in current if n in examine or n in earlier}
+        return Tree(components, digests, unstored, rng_key, kinds), staged
+
+    def _writes(self, tree: Tree, current: dict[str, Any], examine: set[str]
+                ) -> tuple[str, ...]:
+        """The transaction's write set: names added, removed, rebound, or whose content
+        changed since HEAD (names not examined cannot have changed)."""
+        parent = self._tree
+        if parent is None:
+            return tuple(sorted(tree.names))
+        changed = tree.names ^ parent.names
+        for n in examine:
+            known = self._known.get(n)
+            if (tree.fingerprints.get(n) != parent.fingerprints.get(n)
+                    or (n in tree.unstored) != (n in parent.unstored)
+                    or (known is not None and known.obj_id != id(current[n]))):
+                changed.add(n)
+        return tuple(sorted(changed))
 
     def _learned(self, current: dict[str, Any], examine: set[str],
                  prints: dict[str, Fingerprint]) -> dict[str, _Known]:

@@ -1,0 +1,88 @@
+"""The transaction layer every frontend uses: what a commit records of its transaction (read
+and write sets, what each variable is), the one sweep policy, and failed commits retried."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from txpy import transaction
+from txpy.transaction import Transactions
+
+
+def _run(txns, source):
+    """A transaction running source in the session's namespace, as a frontend would."""
+    code = compile(source, "<cell>", "exec")
+    txn = txns.begin(code, source)
+    exec(code, txns.session.namespace)
+    return txns.commit(txn, kind="cell")
+
+
+def test_a_commit_records_what_its_transaction_read_and_wrote(session):
+    txns = Transactions(session, "cell")
+    ns = session.namespace
+    _run(txns, "xs = [1]\nw = [0]\nz = 1\nk = {'a': 1}")
+    _run(txns, "xs.append(len(k))\ny = 2\ndel z\nw = [0]")
+    c = session.head
+    assert set(c.writes) == {"xs", "y", "z", "w"}  # w: rebound, though to an equal value
+    assert set(c.reads) == {"xs", "k", "w"} and "z" not in ns
+    _run(txns, "print(k['a'])")
+    assert session.head.id == c.id  # nothing changed: no commit
+
+
+def test_a_commit_says_what_each_variable_is_without_running_user_code(session):
+    ns = session.namespace
+    calls = []
+
+    class Touchy:
+        def __len__(self):
+            calls.append("len")
+            raise RuntimeError("len")
+
+        def __getattr__(self, name):
+            calls.append(name)
+            raise RuntimeError(name)
+
+    ns.update(a=np.zeros((3, 4)), df=pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}),
+              xs=[1, 2, 3], t=Touchy())
+    session.commit()
+    kinds = session.repo.tree(session.head).kinds
+    assert kinds["a"] == "ndarray float64 (3, 4)" and kinds["xs"] == "list len 3"
+    assert kinds["df"].startswith("DataFrame") and kinds["df"].endswith("(2, 2)")
+    assert kinds["t"].endswith("Touchy") and calls == []
+
+
+def test_one_commit_in_sweep_every_examines_every_name(session, monkeypatch):
+    monkeypatch.setattr(transaction, "SWEEP_EVERY", 3)
+    txns = Transactions(session, "cell")
+    ns = session.namespace
+    ns["kept"] = []
+    _run(txns, "x = 0")
+    examined = []
+    for i in range(6):
+        _run(txns, f"x = {i + 1}")
+        examined.append(session.head.stats["examined"])
+    assert examined.count(max(examined)) == 2 and max(examined) > min(examined)
+
+
+def test_a_failed_commit_is_retried_before_the_next_transaction(session, monkeypatch):
+    txns = Transactions(session, "cell")
+    ns = session.namespace
+    said = []
+    session.notify = said.append
+    _run(txns, "xs = []")
+    real = session.commit
+    monkeypatch.setattr(session, "commit",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    assert _run(txns, "xs.append(1)") is None
+    assert txns.unsaved is not None and any("could not save this cell" in m for m in said)
+    monkeypatch.setattr(session, "commit", real)
+    failing = compile("xs.append(2)\n1/0", "<cell>", "exec")
+    txn = txns.begin(failing, "xs.append(2)\n1/0")  # retries the failed commit first
+    assert txns.unsaved is None and txn.unsaved is None
+    with pytest.raises(ZeroDivisionError):
+        try:
+            exec(failing, ns)
+        except ZeroDivisionError as e:
+            txns.rollback(txn, e)
+            raise
+    assert ns["xs"] == [1]  # the unsaved cell's append was saved by the retry, and kept
