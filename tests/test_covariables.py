@@ -51,7 +51,7 @@ def test_a_cell_that_creates_sharing_merges_components(session, store):
 
 
 def test_pickling_temporaries_are_not_remembered_as_shared():
-    from txpy.session import persistent
+    from txpy.knowledge import persistent
 
     temporaries = []
 

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from . import env, graph, interrupts, rng
+from . import env, interrupts, rng
 from .components import (
     ComponentWriter,
     Fingerprint,
@@ -33,6 +33,7 @@ from .describe import describe
 from .encode import UnpicklableError, encode
 from .errors import CommitFailedError, RestoreError, TxpyError
 from .humanize import size
+from .knowledge import Knowledge
 from .model import Commit, Diff, Tree, Unstored
 from .repo import Repository
 from .store.backend import Bytes
@@ -51,42 +52,6 @@ class _Published:
     head: Commit | None
     tree: Tree | None
     branch: str | None
-
-
-@dataclass
-class _Known:
-    """What this session knows of a name's value as of HEAD: if the binding is unchanged and
-    the transaction could not have touched it, it is unchanged."""
-
-    obj_id: int
-    digest: str | None  # None: not stored
-    #: the shareable objects it reached, held (not just their ids) until it is examined
-    #: again: an id remembered for a dead object is soon another object's, and would join
-    #: names that share nothing (seen in a pandas notebook: four frames became one component)
-    shared: dict[int, Any]
-    storages: frozenset[int]
-
-
-def persistent(shared: dict[int, Any]) -> dict[int, Any]:
-    """The objects in shared that outlive it, by id; empties it.
-
-    A pickler's memo also holds temporaries its reducers made (state dicts, argument lists);
-    once the memo is gone, only `shared` holds those. Keeping them would pin memory for no
-    use: no other name can reach them.
-    """
-    while True:  # until a pass frees nothing: a temporary may hold other temporaries
-        survivors = {}
-        freed = False
-        for i in list(shared):
-            obj = shared.pop(i)
-            if sys.getrefcount(obj) > 2:  # more than `obj` and the call's argument
-                survivors[i] = obj
-            else:
-                freed = True
-            del obj
-        if not freed:
-            return survivors
-        shared = survivors
 
 
 def default_notify(message: str) -> None:
@@ -121,8 +86,7 @@ class Session:
         self.ignore = ignore
         self.notify = notify
         self._writer = ComponentWriter(self.repo.chunks)
-        self._known: dict[str, _Known] = {}
-        self._sharing = graph.SharingIndex()  # what each name in _known reached, by id
+        self._known = Knowledge()
         self._components: dict[tuple[tuple[str, ...], str], str] = {}  # (names, digest) -> key
         self._warned: set[tuple[str, str]] = set()
         self._blocks: Any = None  # Transactions of `with session.transaction():` blocks
@@ -179,19 +143,19 @@ class Session:
         cand = None if candidates is None else set(candidates)
         try:
             current = self._tracked()
-            examine = self._to_examine(current, cand)
+            examine = self._known.to_examine(current, cand, self._tree)
             prints, unstored = self._encode_names(current, examine)
             tree, staged = self._tree_of(current, examine, prints, unstored)
             tree_key = self._writer.stage_object(tree.to_bytes())
-            learned = self._learned(current, examine, prints)
+            learned = Knowledge.learned(current, examine, prints)
         except BaseException:
             self._writer.discard()
             raise
-        gone = self._known.keys() - current.keys()
+        gone = self._known.names() - current.keys()
         if self._head is not None and tree_key == self._head.tree:
             self._writer.discard()
             with interrupts.held():
-                self._adopt(learned, gone)
+                self._known.adopt(learned, gone)
             if self.verify and cand is not None:
                 self._verify_against(tree)
             return self._head.id
@@ -221,13 +185,13 @@ class Session:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txpy-writer")
             with interrupts.held():  # the writer may not start without its way back
                 self._head, self._tree = commit, tree
-                self._adopt(learned, gone)
+                self._known.adopt(learned, gone)
                 self._writing = (self._pool.submit(self._publish, commit, chunks, live, staged,
                                                    before, self._on_branch), before)
         else:
             def adopt(branch: str) -> None:
                 self._head, self._tree, self._branch = commit, tree, branch
-                self._adopt(learned, gone)
+                self._known.adopt(learned, gone)
             self._publish(commit, chunks, live, staged, before, adopt)
         if self.verify and cand is not None:
             self._verify_against(tree)
@@ -244,7 +208,7 @@ class Session:
                 unstored[n] = self._tree.unstored[n] if self._tree else Unstored("?", "?")
             else:
                 stored.append(n)
-        groups = self._sharing.groups(stored, fresh)
+        groups = self._known.groups(stored, fresh)
         return self._build_tree(current, examine, prints, groups, unstored)
 
     def _publish(self, commit: Commit, chunks: list[tuple[str, Bytes, int]], live: set[str],
@@ -272,7 +236,7 @@ class Session:
         """A commit failed to be written: HEAD is what it was, and nothing examined since is
         trusted (the next commit examines every name)."""
         self._head, self._tree, self._branch = before.head, before.tree, before.branch
-        self._forget()
+        self._known.forget()
 
     def wait(self) -> None:
         """Wait for the commit being written in the background (async durability); if it
@@ -306,23 +270,6 @@ class Session:
                     f"{branch!r} (nothing is lost)")
         return (f"branch {before.branch!r} of history {self.name!r} moved in another process; "
                 f"this session continues on branch {branch!r}")
-
-    def _to_examine(self, current: dict[str, Any], cand: set[str] | None) -> set[str]:
-        examine = set()
-        for n, v in current.items():
-            known = self._known.get(n)
-            if known is None or known.obj_id != id(v) or cand is None or n in cand:
-                examine.add(n)
-        if self._tree is not None and examine:
-            # a mutation reaches other names only through shared objects: the whole component
-            by_component: dict[str, list[str]] = {}
-            for n, key in self._tree.components.items():
-                by_component.setdefault(key, []).append(n)
-            for n in list(examine):
-                key = self._tree.components.get(n)
-                if key is not None:
-                    examine.update(m for m in by_component[key] if m in current)
-        return examine
 
     def _encode_names(self, current: dict[str, Any], examine: set[str]
                       ) -> tuple[dict[str, Fingerprint], dict[str, Unstored]]:
@@ -396,43 +343,6 @@ class Session:
                 changed.add(n)
         return tuple(sorted(changed))
 
-    def _learned(self, current: dict[str, Any], examine: set[str],
-                 prints: dict[str, Fingerprint]) -> dict[str, _Known]:
-        """What examining names taught, ready to be adopted when the commit is."""
-        learned = {}
-        for n in examine:
-            fp = prints.get(n)
-            if fp is None:
-                learned[n] = _Known(id(current[n]), None, {}, frozenset())
-                continue
-            shared = fp.encoded.shared
-            learned[n] = _Known(id(current[n]), fp.digest,
-                                persistent(shared) if fp.encoded.from_memo else shared,
-                                frozenset(fp.encoded.storages))
-        return learned
-
-    def _adopt(self, learned: dict[str, _Known], gone: Iterable[str]) -> None:
-        """Take what a commit learned as known. Knowledge only saves work: if taking it fails
-        half-way, all of it is dropped (the next commit examines every name)."""
-        try:
-            for n in gone:
-                self._forget(n)
-            for n, known in learned.items():
-                self._known[n] = known
-                self._sharing.set(n, known.shared.keys() | known.storages)
-        except Exception:
-            self._forget()
-            raise
-
-    def _forget(self, name: str | None = None) -> None:
-        """Know nothing more of name (of every name if None): it will be examined."""
-        if name is None:
-            self._known.clear()
-            self._sharing.clear()
-        else:
-            self._known.pop(name, None)
-            self._sharing.discard(name)
-
     def _verify_against(self, tree: Tree) -> None:
         """Verify mode: every name, examined or not, must match what was committed."""
         current = self._tracked()
@@ -493,7 +403,7 @@ class Session:
         target = self.repo.resolve(self.name, ref)
         branch = self._branch if ref is None else (
             ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None)
-        self._forget()
+        self._known.forget()
         self._move_to(target, branch)
         return target
 
@@ -504,7 +414,7 @@ class Session:
         self.wait()
         if branch is not None:
             self.repo.move_branch(self.name, branch, head.id)
-        self._forget()  # the failed transaction may have mutated anything after its moves
+        self._known.forget()  # the failed transaction may have mutated anything after its moves
         self._move_to(head, branch)
 
     def _move_to(self, target: Commit, branch: str | None) -> None:
@@ -556,7 +466,7 @@ class Session:
                 continue
             if n not in loaded and n not in unloaded:
                 self.namespace.pop(n, None)
-            self._forget(n)  # what is bound now is examined by the next commit
+            self._known.forget(n)  # what is bound now is examined by the next commit
         kept = sorted(n for n in names if n in tree.unstored and n in current)
         if kept:
             self.notify("kept as they are (never stored, cannot be rolled back): "
