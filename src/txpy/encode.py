@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import copyreg
 import ctypes
 import functools
 import io
@@ -31,9 +30,17 @@ from typing import Any
 
 import cloudpickle
 import xxhash
-from cloudpickle import cloudpickle as _cp
 
 from . import graph
+from .compat import (
+    cloudpickle_function_newargs,
+    cloudpickle_function_setstate,
+    cloudpickle_function_state,
+    cloudpickle_make_skeleton_class,
+    cloudpickle_skeleton_bases,
+    copyreg_newobj,
+    copyreg_slotnames,
+)
 from .errors import RestoreError
 
 _loading = threading.local()
@@ -134,11 +141,12 @@ class _StatePickler(cloudpickle.Pickler):
         if "__slotnames__" not in cls.__dict__:
             # pickling an instance caches __slotnames__ on its class; do it first, or a class
             # pickles differently once one of its instances was stored
-            copyreg._slotnames(cls)
+            copyreg_slotnames(cls)
         reduced = super().reducer_override(cls)
-        if reduced is NotImplemented or reduced[0] is not _cp._make_skeleton_class:
+        bases = cloudpickle_skeleton_bases(reduced)
+        if bases is None:
             return reduced
-        hooked = _namespace_hooked(reduced[1][2], self._namespace)
+        hooked = _namespace_hooked(bases, self._namespace)
         if not hooked:
             return reduced
         return (_rebuild_class, (hooked, *reduced[1]), *reduced[2:])
@@ -178,9 +186,9 @@ class _StatePickler(cloudpickle.Pickler):
         return obj is top or (type(top) is tuple and any(v is obj for v in top))
 
     def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
-        code, _, _, _, closure = self._function_getnewargs(func)
+        code, _, _, _, closure = cloudpickle_function_newargs(self, func)
         return (types.FunctionType, (code, _NAMESPACE, None, None, closure),
-                _function_state(func), None, None, _cp._function_setstate)
+                cloudpickle_function_state(func), None, None, cloudpickle_function_setstate)
 
     def _tensor_reduce(self, torch: Any, t: Any) -> Any:
         if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu"
@@ -241,7 +249,7 @@ def _reduce_by_value(obj: Any) -> Any:
     cls = type(obj)
     getnewargs = getattr(cls, "__getnewargs__", None)
     args = getnewargs(obj) if getnewargs is not None else ()
-    return copyreg.__newobj__, (cls, *args), obj.__getstate__()
+    return copyreg_newobj, (cls, *args), obj.__getstate__()
 
 
 def _namespace_hooked(bases: tuple[type, ...], namespace: Mapping[str, Any] | None
@@ -277,48 +285,10 @@ def _rebuild_class(hooked: tuple[type, ...], *args: Any) -> type:
     for cls in hooks:
         type.__setattr__(cls, "__init_subclass__", classmethod(_no_hook))
     try:
-        return _cp._make_skeleton_class(*args)
+        return cloudpickle_make_skeleton_class(*args)
     finally:
         for cls, hook in hooks.items():
             type.__setattr__(cls, "__init_subclass__", hook)
-
-
-def _function_state(func: types.FunctionType) -> tuple[dict[str, Any], dict[str, Any]]:
-    """cloudpickle's _function_getstate without the globals (a restored function uses the live
-    namespace), with its submodule lookup cached: that lookup scans sys.modules for every
-    function every time (0.9 ms for a function using torch and numpy, 0.06 ms cached)."""
-    slotstate = {
-        "__name__": "".join(func.__name__),  # "".join: see cloudpickle (string interning)
-        "__qualname__": "".join(func.__qualname__),
-        "__annotations__": func.__annotations__,
-        "__kwdefaults__": func.__kwdefaults__,
-        "__defaults__": func.__defaults__,
-        "__module__": func.__module__,
-        "__doc__": func.__doc__,
-        "__closure__": func.__closure__,
-        "__globals__": {},
-        "_cloudpickle_submodules": _submodules_used(func),
-    }
-    return {"".join(k): v for k, v in func.__dict__.items()}, slotstate
-
-
-_submodules: dict[tuple[Any, ...], list[types.ModuleType]] = {}
-
-
-def _submodules_used(func: types.FunctionType) -> list[types.ModuleType]:
-    """The imported submodules func reaches as attributes of modules it uses (``np.linalg``),
-    so that a restore imports them; cached while sys.modules keeps its size."""
-    names = _cp._extract_code_globals(func.__code__)
-    used = [func.__globals__[n] for n in names if n in func.__globals__]
-    used += map(_cp._get_cell_contents, func.__closure__ or ())
-    modules = tuple(m for m in used if isinstance(m, types.ModuleType))
-    key = (func.__code__, modules, len(sys.modules))
-    found = _submodules.get(key)
-    if found is None:
-        if len(_submodules) >= 4096:
-            _submodules.clear()
-        found = _submodules[key] = _cp._find_imported_submodules(func.__code__, modules)
-    return found
 
 
 class _StorageHolder:

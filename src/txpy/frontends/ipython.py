@@ -482,9 +482,8 @@ def unload_ipython_extension(ip: Any) -> None:
     ext, pre, post = entry
     ip.events.unregister("pre_run_cell", pre)
     ip.events.unregister("post_run_cell", post)
-    manager = ip.magics_manager
-    manager.magics["line"].pop("txpy", None)
-    manager.registry.pop(TxpyMagics.__name__, None)
+    from ..compat import forget_line_magic  # IPython's private magic tables
+    forget_line_magic(ip, "txpy", TxpyMagics.__name__)
     ext.detach()
 
 
