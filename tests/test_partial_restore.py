@@ -116,11 +116,11 @@ def test_a_value_tried_before_the_name_it_needs_is_tried_again_after_it(session)
     repo, tree = session.repo, session.repo.tree(session.head)
     series, clean = (repo.manifest(tree.components[n]) for n in ("series", "clean"))
     fresh = {"__name__": "__main__"}
-    failed = load_in_order(repo, [series], fresh, fresh.update)
+    failed = load_in_order(repo, [series], fresh, fresh.update, print)
     assert list(failed) == [("Series", "series")]
     assert isinstance(failed["Series", "series"], NameError) and "clean" in str(
         failed["Series", "series"])
-    assert load_in_order(repo, [series, clean], fresh, fresh.update) == {}
+    assert load_in_order(repo, [series, clean], fresh, fresh.update, print) == {}
     assert fresh["series"].values == [1, 2]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from ..compat import forget_line_magic
 from ..errors import TxpyError
 from ..humanize import size, when
 from ..model import Commit
@@ -482,7 +483,6 @@ def unload_ipython_extension(ip: Any) -> None:
     ext, pre, post = entry
     ip.events.unregister("pre_run_cell", pre)
     ip.events.unregister("post_run_cell", post)
-    from ..compat import forget_line_magic  # IPython's private magic tables
     forget_line_magic(ip, "txpy", TxpyMagics.__name__)
     ext.detach()
 
