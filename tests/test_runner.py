@@ -13,7 +13,7 @@ import pytest
 
 import txpy
 from txpy.errors import TxpyWarning
-from txpy.frontends.runner import checkpoint
+from txpy.frontends.runner import checkpoint, load_program, run
 
 TXPY = str(Path(sys.executable).with_name("txpy"))
 
@@ -410,7 +410,7 @@ def test_small_statements_are_grouped_into_few_commits(tmp_path):
         commits = repo.log("many.py")
     finally:
         repo.close()
-    assert len(commits) <= 3  # the start, and the end of a run that took well under 2 s
+    assert len(commits) <= 3  # a run that took well under 2 s: about one commit, at its end
     assert state(tmp_path, "many.py")["v0"] == sum(range(1000))
 
 
@@ -430,9 +430,12 @@ print(os.path.basename(os.getcwd()), os.environ["MY_SETTING"], f())
 """)
     assert txpy_run(tmp_path, "--commit-interval", "0", "p.py",
                     die_at="s1").returncode == -signal.SIGKILL
+    # the resumed run keeps them for its own checkpoints: a second crash loses nothing
+    assert txpy_run(tmp_path, "--commit-interval", "0", "p.py",
+                    die_at="s2").returncode == -signal.SIGKILL
     resumed = txpy_run(tmp_path, "--commit-interval", "0", "p.py")
     assert resumed.returncode == 0, resumed.stderr
-    assert "/ iteration 1" in resumed.stderr
+    assert "/ iteration 2" in resumed.stderr
     assert resumed.stdout == "data on 7\n"
 
 
@@ -500,3 +503,49 @@ def test_resumed_numpy_random_stream_matches_an_uninterrupted_run(tmp_path):
     python, resumed = killed_then_resumed(tmp_path, "w.py", die_at="s4")
     assert "/ iteration 4" in resumed.stderr
     assert resumed.stdout == python.stdout
+
+
+def test_a_failed_commit_does_not_stop_the_run_and_the_next_boundary_saves_its_work(
+        tmp_path, monkeypatch):
+    script = tmp_path / "f.py"
+    write(script, "xs = []\nys = []\nxs.append(1)\nys.append(2)\n")
+    real = txpy.Session.commit
+    calls = []
+
+    def disk_full_once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the commit after `xs.append(1)`
+            raise OSError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(txpy.Session, "commit", disk_full_once)
+    said = []
+    assert run(script, store=tmp_path / ".txpy", commit_interval=0, notify=said.append) == 0
+    assert [m for m in said if "could not save" in m] == [
+        "could not save this statement (OSError: disk full); its results are kept in memory "
+        "and the next statement will try again"]
+    repo = txpy.Repository.open(tmp_path / ".txpy")
+    try:
+        commits = {c.message: c.id for c in repo.log("f.py")}
+    finally:
+        repo.close()
+    assert "f.py: after statement 3 (line 3)" not in commits
+    # the next commit, after a statement that did not touch xs, holds xs's change too
+    after = txpy.load(tmp_path / ".txpy", "f.py", commits["f.py: after statement 4 (line 4)"])
+    assert after["xs"] == [1] and after["ys"] == [2]
+
+
+def test_statements_that_reach_the_namespace_dynamically_may_read_any_name(tmp_path):
+    """A resume keeps a checkpoint only if what the rest reads was stored: code that can
+    reach every global (the same dynamic names commits watch for) reads them all."""
+    write(tmp_path / "d.py", """\
+        import sys
+        def f():
+            pass
+        a = f.__globals__["f"]
+        b = globals()["f"]
+        c = sys.modules["__main__"]
+        d = f
+    """)
+    program = load_program(tmp_path / "d.py")
+    assert [s.reads for s in program.statements[2:]] == [None, None, None, frozenset({"f"})]
