@@ -1,5 +1,6 @@
 """The `txpy` command as a user runs it: real subprocesses in a directory holding a store."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,10 @@ def test_log_show_diff_branch_from_a_subdirectory(project):
     show = txpy_cmd("show", c2[:8], cwd=cwd)
     assert show.returncode == 0 and "extra" in show.stdout and "model" in show.stdout
     diff = txpy_cmd("diff", c1[:8], "HEAD", cwd=cwd)
-    assert "+ extra" in diff.stdout and "~ model" in diff.stdout
+    assert "added: extra" in diff.stdout and "changed: model" in diff.stdout
     assert "* main" in txpy_cmd("branch", cwd=cwd).stdout
+    status = txpy_cmd("status", cwd=cwd).stdout
+    assert str(root / ".txpy") in status and "branch:  main" in status and c2[:12] in status
 
 
 def test_fsck_and_gc(project):
@@ -82,7 +85,12 @@ def test_unknown_commit_is_one_line(project):
     assert out.returncode == 1 and "unknown commit" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_demo_runs(tmp_path):
+def test_demo_runs_and_reads_well_at_80_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     out = txpy_cmd("demo", "--dir", str(tmp_path / "d"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "rolled back" in out.stdout + out.stderr and "checkout" in out.stdout
+    assert re.search(r"w is still \[-?\d\.\d+, -?\d\.\d+\]", out.stdout)  # not cut in two
+    assert "HEAD -> main" in out.stdout
+    too_wide = [ln for ln in out.stdout.splitlines() if len(ln) > 80 and str(tmp_path) not in ln]
+    assert too_wide == []

@@ -3,10 +3,13 @@
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -86,7 +89,7 @@ def test_two_processes_writing_one_history_at_once(store):
     _check_every_commit(store, "shared")
     last = [out.splitlines()[-1].split()[1] for out in outs]
     repo = Repository.open(store)
-    heads = set(repo.meta.branches("shared").values())
+    heads = set(repo.refs.branches("shared").values())
     repo.close()
     assert set(last) <= heads  # each writer's work is on a branch of its own: none lost
 
@@ -100,7 +103,7 @@ def _commit_sample(store):
 
 def test_fsck_names_the_commit_and_variable_a_damaged_chunk_affects(store):
     s, cid = _commit_sample(store)
-    tree = s.repo.tree(s.repo.commit(cid))
+    tree = s.repo.tree(s.repo.read_commit(cid))
     manifest = s.repo.manifest(tree.components["x"])
     corrupt_object(store, manifest.stream[0])
     report = s.repo.fsck()
@@ -109,10 +112,17 @@ def test_fsck_names_the_commit_and_variable_a_damaged_chunk_affects(store):
         txpy.load(store, "f")
 
 
+def tamper(store, sql, *args):
+    """Change the store's commit records behind txpy's back, as an attacker would."""
+    with sqlite3.connect(store / "txpy.db") as conn:
+        conn.execute(sql, args)
+    conn.close()
+
+
 def test_tampered_commit_record_is_refused(store):
     s, cid = _commit_sample(store)
-    body = s.repo.meta.commit_row(cid)[0].replace(b'"api"', b'"cell"')
-    s.repo.meta.conn.execute("UPDATE commits SET body=? WHERE id=?", (body, cid))
+    body = s.repo.commit_record(cid).body.replace(b'"api"', b'"cell"')
+    tamper(store, "UPDATE commits SET body=? WHERE id=?", body, cid)
     with pytest.raises(CorruptStoreError, match="does not match"):
         txpy.load(store, "f")
     assert not s.repo.fsck().ok
@@ -120,14 +130,14 @@ def test_tampered_commit_record_is_refused(store):
 
 def test_forged_signature_is_refused(store):
     s, cid = _commit_sample(store)
-    s.repo.meta.conn.execute("UPDATE commits SET sig=? WHERE id=?", ("ab" * 64, cid))
+    tamper(store, "UPDATE commits SET sig=? WHERE id=?", "ab" * 64, cid)
     with pytest.raises(CorruptStoreError, match="bad signature"):
         txpy.load(store, "f")
 
 
 def test_commit_signed_by_an_untrusted_key_is_refused(store):
     s, cid = _commit_sample(store)
-    s.repo.meta.conn.execute("UPDATE commits SET signer=? WHERE id=?", (os.urandom(32).hex(), cid))
+    tamper(store, "UPDATE commits SET signer=? WHERE id=?", os.urandom(32).hex(), cid)
     with pytest.raises(UntrustedError, match="does not trust"):
         txpy.load(store, "f")
 
@@ -147,3 +157,49 @@ def test_gc_waits_for_no_writer(store):
     with s.repo.writing(), pytest.raises(StoreBusyError):
         other.gc()
     other.close()
+
+
+def _racing(store, attempt):
+    """Run attempt(repo, i) for two Repository objects on one store at the same moment."""
+    barrier = threading.Barrier(2)
+    repos = [Repository.open(store) for _ in range(2)]
+    results = [None, None]
+
+    def run(i):
+        barrier.wait()
+        results[i] = attempt(repos[i], i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in repos:
+        r.close()
+    return results
+
+
+def test_two_writers_moving_one_branch_from_the_same_commit_cannot_both_win(store):
+    s, _ = _commit_sample(store)
+    for round_ in range(20):
+        tip = s.repo.refs.tip("f", "main")
+        new = [f"{round_:02d}{i}".ljust(64, "0") for i in range(2)]
+
+        def move(repo, i, tip=tip, new=new):
+            return repo.refs.set_if_equals("f", "main", tip, new[i])
+
+        moved = _racing(store, move)
+        assert sorted(moved) == [False, True]
+        assert s.repo.refs.tip("f", "main") == new[moved.index(True)]
+    created = _racing(store, lambda repo, i: repo.refs.add_if_new("f", "new", f"{i}" * 64))
+    assert sorted(created) == [False, True]
+
+
+def test_a_commit_whose_branch_moved_meanwhile_starts_a_branch_of_its_own(store):
+    s, base = _commit_sample(store)
+    parent = s.repo.read_commit(base)
+    children = [replace(parent, id="", parents=(base,), message=str(i)).sealed()
+                for i in range(2)]
+    branches = _racing(store, lambda repo, i: repo.new_commit(children[i], "main")[1])
+    assert sorted(branches) == ["main", "main-2"]
+    assert set(s.repo.refs.branches("f").values()) == {c.id for c in children}

@@ -183,8 +183,8 @@ def test_push_that_would_lose_someone_elses_commits_is_refused(tmp_path):
     with pytest.raises(RemoteError, match="run `txpy pull` first"):
         push(a.repo, Remote(url))
     pull(a.repo, Remote(url), "origin", trust=True)
-    assert a.repo.meta.branch_commit("h", "origin/main") == b.head.id
-    assert a.repo.meta.branch_commit("h", "main") == a.head.id  # diverged: left alone
+    assert a.repo.refs.tip("h", "origin/main") == b.head.id
+    assert a.repo.refs.tip("h", "main") == a.head.id  # diverged: left alone
 
 
 def test_killed_push_leaves_both_sides_valid_and_rerun_completes(tmp_path):

@@ -1,25 +1,22 @@
-"""The `txpy` command: parses arguments, calls Repository/Session, prints with rich."""
+"""The `txpy` command: parses arguments, calls porcelain (and remote) functions, prints
+the lines they return. Nothing is formatted here."""
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from . import load
+from . import load, porcelain
 from .errors import TxpyError
-from .humanize import size, when
-from .model import Commit
-from .remote import TransferStats, add_remote, get_remote
+from .remote import add_remote, get_remote
 from .remote import clone as remote_clone
 from .remote import pull as remote_pull
 from .remote import push as remote_push
@@ -27,6 +24,13 @@ from .repo import Repository, find_store
 
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def echo(lines: Iterable[str]) -> None:
+    """Print porcelain's lines as they are: they fit in 80 columns already, so rich neither
+    re-wraps them nor reads markup or highlights into them."""
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def _friendly(fn: F) -> F:
@@ -54,53 +58,6 @@ def _open(store: Path | None) -> Repository:
     return Repository.open(store if store is not None else find_store())
 
 
-def _history(repo: Repository, history: str | None) -> str | None:
-    if history is not None:
-        if history not in repo.histories():
-            raise TxpyError(f"no history {history!r} in this store; it has: "
-                            f"{', '.join(repo.histories()) or 'none'}")
-        return history
-    histories = repo.histories()
-    return histories[0] if len(histories) == 1 else None
-
-
-def _histories(store: Path | None, history: str | None) -> tuple[Repository, list[str]]:
-    """The store, and the histories a command shows: the one named, or all of them."""
-    repo = _open(store)
-    _history(repo, history)
-    return repo, [history] if history else repo.histories()
-
-
-def _resolve(repo: Repository, history: str | None, ref: str) -> Commit:
-    name = _history(repo, history)
-    if name is None and (ref == "HEAD" or not _looks_like_id(ref)):
-        raise TxpyError(f"{ref!r} is ambiguous: this store has several histories; pass -H NAME")
-    return repo.resolve(name, ref)
-
-
-def _looks_like_id(ref: str) -> bool:
-    return len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower())
-
-
-def _changes(repo: Repository, commit: Commit, most: int = 4) -> str:
-    """'+new ~changed -gone' names against the first parent (everything new for a root)."""
-    if commit.parents:
-        d = repo.diff(repo.commit(commit.parents[0]), commit)
-        marked = ([f"+{n}" for n in d.added] + [f"~{n}" for n in d.changed]
-                  + [f"-{n}" for n in d.removed])
-    else:
-        marked = [f"+{n}" for n in sorted(repo.tree(commit).names)]
-    marked = [m for m in marked if not m[1:].startswith("__")]  # txpy's own (__txpy_loop__)
-    shown = " ".join(marked[:most])
-    return shown + (f" (+{len(marked) - most} more)" if len(marked) > most else "")
-
-
-def _first_line(commit: Commit) -> str:
-    text = commit.message or (commit.code or "").strip()
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= 60 else line[:57] + "..."
-
-
 @click.group()
 @click.version_option(package_name="txpy")
 def main() -> None:
@@ -115,30 +72,9 @@ def main() -> None:
 def log(name: str | None, store: Path | None, history: str | None) -> None:
     """List commits, newest first, with the branches pointing at them (of history NAME, e.g.
     `txpy log train.py`, or of every history)."""
-    repo, histories = _histories(store, name or history)
-    for name in histories:
-        refs: dict[str, list[str]] = {}
-        for branch, cid in repo.meta.branches(name).items():
-            refs.setdefault(cid, []).append(branch)
-        head_branch, head = repo.meta.head(name)
-        table = Table(title=f"history {name}", title_justify="left", box=box.SIMPLE_HEAD,
-                      padding=(0, 1))
-        for col in ("commit", "refs", "time", "kind", "new data"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("names", ratio=1, overflow="fold")
-        wide = console.width >= 110  # room for the message or first line of code
-        if wide:
-            table.add_column("what", overflow="ellipsis", ratio=1)
-        for c in repo.log(name):
-            marks = refs.get(c.id, [])
-            if c.id == head:
-                marks = [f"HEAD -> {b}" if b == head_branch else b for b in marks] or ["HEAD"]
-            row = [c.short, ", ".join(marks), when(c.time, short=True), c.kind,
-                   size(c.stats.get("bytes_new", 0)), _changes(repo, c)]
-            table.add_row(*row, *([_first_line(c)] if wide else []))
-        console.print(table)
-    if not histories:
-        console.print("the store has no commits yet")
+    repo = _open(store)
+    porcelain.history_named(repo, name or history)  # an unknown name is an error
+    echo(porcelain.log(repo, name or history))
 
 
 @main.command()
@@ -148,24 +84,7 @@ def log(name: str | None, store: Path | None, history: str | None) -> None:
 @_friendly
 def show(commit: str, store: Path | None, history: str | None) -> None:
     """Show a commit: its variables, what was not stored, its code and environment."""
-    repo = _open(store)
-    c = _resolve(repo, history, commit)
-    tree = repo.tree(c)
-    console.print(f"[bold]commit {c.id}[/bold]\nhistory {c.history}   parents "
-                  f"{', '.join(p[:12] for p in c.parents) or '-'}   {when(c.time)}   {c.kind}")
-    if c.message:
-        console.print(c.message)
-    table = Table("name", "component", "buffers")
-    for name, key in sorted(tree.components.items()):
-        manifest = repo.manifest(key)
-        table.add_row(name, key[:12], size(sum(b.nbytes for b in manifest.buffers)))
-    for name, u in sorted(tree.unstored.items()):
-        table.add_row(name, "[red]not stored[/red]", f"{u.type_name}: {u.reason}")
-    console.print(table)
-    if c.code:
-        console.print("[bold]code[/bold]\n" + c.code)
-    console.print(f"python {c.env.get('python')} on {c.env.get('platform')}; packages: "
-                  + ", ".join(f"{k} {v}" for k, v in c.env.get("packages", {}).items()))
+    echo(porcelain.show(_open(store), history, commit))
 
 
 @main.command()
@@ -176,14 +95,7 @@ def show(commit: str, store: Path | None, history: str | None) -> None:
 @_friendly
 def diff(a: str, b: str, store: Path | None, history: str | None) -> None:
     """Names added, removed and changed from commit A to commit B."""
-    repo = _open(store)
-    d = repo.diff(_resolve(repo, history, a), _resolve(repo, history, b))
-    if not d:
-        console.print("no differences")
-    for sign, color, names in (("+", "green", d.added), ("-", "red", d.removed),
-                               ("~", "yellow", d.changed)):
-        for n in names:
-            console.print(f"[{color}]{sign} {n}[/{color}]")
+    echo(porcelain.diff(_open(store), history, a, b))
 
 
 @main.command()
@@ -192,14 +104,20 @@ def diff(a: str, b: str, store: Path | None, history: str | None) -> None:
 @_friendly
 def branch(store: Path | None, history: str | None) -> None:
     """List branches of each history; * marks HEAD's."""
-    repo, histories = _histories(store, history)
-    for name in histories:
-        head_branch, head = repo.meta.head(name)
-        console.print(f"[bold]{name}[/bold]")
-        for b, cid in repo.meta.branches(name).items():
-            console.print(f"{'*' if b == head_branch else ' '} {b:20} {cid[:12]}")
-        if head_branch is None and head:
-            console.print(f"* (HEAD detached at {head[:12]})")
+    repo = _open(store)
+    porcelain.history_named(repo, history)
+    echo(porcelain.branches(repo, history))
+
+
+@main.command()
+@store_option
+@history_option
+@_friendly
+def status(store: Path | None, history: str | None) -> None:
+    """The store, and each history's branch, last commit and names it could not store."""
+    repo = _open(store)
+    porcelain.history_named(repo, history)
+    echo(porcelain.status(repo, history))
 
 
 @main.command()
@@ -207,8 +125,7 @@ def branch(store: Path | None, history: str | None) -> None:
 @_friendly
 def gc(store: Path | None) -> None:
     """Delete chunks that no commit refers to (e.g. left by a crash)."""
-    removed, freed = _open(store).gc()
-    console.print(f"removed {removed} unreferenced chunks, freed {size(freed)}")
+    echo(porcelain.gc(_open(store)))
 
 
 @main.command()
@@ -216,15 +133,11 @@ def gc(store: Path | None) -> None:
 @_friendly
 def fsck(store: Path | None) -> None:
     """Verify every commit, record and chunk against its hash and signature."""
-    repo = _open(store)
-    with console.status("checking...") as status:
-        report = repo.fsck(lambda i, n: status.update(f"checking commit {i + 1}/{n}"))
-    for d in report.damage:
-        names = f" — affects {', '.join(d.names)}" if d.names else ""
-        console.print(f"[red]commit {d.commit[:12]} ({d.history}): {d.what}{names}[/red]")
-    console.print(f"{report.commits} commits, {report.chunks} records and chunks checked: "
-                  + ("ok" if report.ok else f"{len(report.damage)} problems"))
-    if not report.ok:
+    with console.status("checking...") as progress:
+        checked = porcelain.fsck(_open(store), lambda i, n: progress.update(
+            f"checking commit {i + 1}/{n}"))
+    echo(checked.lines())
+    if not checked.ok:
         sys.exit(1)
 
 
@@ -236,9 +149,10 @@ def fsck(store: Path | None) -> None:
 def shell(commit: str, store: Path | None, history: str | None) -> None:
     """An interactive Python whose globals are the state of COMMIT (IPython if installed)."""
     repo = _open(store)
-    c = _resolve(repo, history, commit)
+    c = porcelain.resolve(repo, history, commit)
     state = load(repo.path, c.history, c.id)
-    banner = f"txpy: state of commit {c.short} ({c.history}): {', '.join(sorted(state))}"
+    banner = "\n".join(porcelain.names_line(f"txpy: state of commit {c.short} ({c.history}):",
+                                            sorted(state)))
     try:
         from IPython import start_ipython
     except ImportError:
@@ -285,12 +199,6 @@ def _progress(verb: str) -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-def _stats_line(verb: str, stats: TransferStats) -> str:
-    moved = f"; branches: {', '.join(stats.branches)}" if stats.branches else ""
-    return (f"{verb} {stats.commits} commits, {stats.objects} chunks, "
-            f"{size(stats.bytes)}{moved}")
-
-
 @main.group()
 def remote() -> None:
     """Remotes that push, pull and clone copy histories to and from (any fsspec URL)."""
@@ -305,7 +213,7 @@ def remote() -> None:
 def remote_add(name: str, url: str, endpoint_url: str | None, store: Path | None) -> None:
     """Remember URL (s3://bucket/prefix, file:///path, memory://…) as remote NAME."""
     add_remote(_open(store), name, url, _options(endpoint_url))
-    console.print(f"remote {name} -> {url}")
+    echo([f"remote {name} -> {url}"])
 
 
 @remote.command("list")
@@ -313,8 +221,7 @@ def remote_add(name: str, url: str, endpoint_url: str | None, store: Path | None
 @_friendly
 def remote_list(store: Path | None) -> None:
     """List remotes."""
-    for name, (url, _) in _open(store).meta.remotes().items():
-        console.print(f"{name:12} {url}")
+    echo(porcelain.remotes(_open(store)))
 
 
 @main.command()
@@ -326,10 +233,10 @@ def push(remote_name: str | None, history: str | None, store: Path | None) -> No
     """Copy commits and missing chunks to a remote (default: origin), then move its branches."""
     repo = _open(store)
     name, target = get_remote(repo, remote_name)
-    _history(repo, history)
+    porcelain.history_named(repo, history)
     with _progress(f"push to {name}:") as progress:
         stats = remote_push(repo, target, [history] if history else None, progress)
-    console.print(_stats_line(f"pushed to {name}:", stats))
+    echo(porcelain.transferred(f"pushed to {name}:", stats))
 
 
 @main.command()
@@ -343,7 +250,7 @@ def pull(remote_name: str | None, trust: bool, store: Path | None) -> None:
     name, source = get_remote(repo, remote_name)
     with _progress(f"pull from {name}:") as progress:
         stats = remote_pull(repo, source, name, trust=trust, progress=progress)
-    console.print(_stats_line(f"pulled from {name}:", stats))
+    echo(porcelain.transferred(f"pulled from {name}:", stats))
 
 
 @main.command()
@@ -359,7 +266,7 @@ def clone(url: str, directory: Path, trust: bool, endpoint_url: str | None) -> N
     with _progress("clone:") as progress:
         store, stats = remote_clone(url, directory, trust=trust,
                                     options=_options(endpoint_url), progress=progress)
-    console.print(_stats_line(f"cloned into {store}:", stats))
+    echo(porcelain.transferred(f"cloned into {store}:", stats))
 
 
 @main.command()
@@ -373,9 +280,7 @@ def trust(key_id: str | None, store: Path | None) -> None:
         if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
             raise TxpyError("a key id is 64 hex digits (as shown by `txpy trust` in its store)")
         repo.trust(key_id, "trusted by hand")
-    console.print(f"this store's key: {repo.signer.key_id}")
-    for k, label in repo.trusted_keys().items():
-        console.print(f"  {k}  {label}")
+    echo(porcelain.trusted(repo))
 
 
 # --- txpy run (frontends/runner.py) ------------------------------------------------------------

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import load
+from . import load, porcelain
+from .cli import echo
+from .humanize import wrap
 from .session import Session
 
 CELLS = [
@@ -49,48 +51,59 @@ FAILING_CELL = """
 
 
 def run(directory: Path | None, console: Console) -> None:
+    """The tour, in lines that fit 80 columns (porcelain's listings and short narration)."""
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="txpy-demo-"))
     store = root / ".txpy"
     console.print(f"[bold]txpy demo[/bold] — store in {store}\n")
     ns: dict[str, object] = {}
-    commits = []
     with Session(store=store, name="demo", namespace=ns,
-                 notify=lambda m: console.print(f"[yellow]txpy: {m}[/yellow]")) as s:
-        for title, cell in CELLS:
-            code = textwrap.dedent(cell)
-            exec(code, ns)
-            commits.append(s.commit(title, kind="cell", code=code))
-            console.print(f"[green]committed[/green] {commits[-1][:12]}  {title}: "
-                          f"w = {_fmt(ns['w'])}, {len(ns['history'])} epochs")
-
-        console.print("\n[bold]A failing step inside a transaction is rolled back:[/bold]")
-        try:
-            with s.transaction():
-                exec(textwrap.dedent(FAILING_CELL), ns)
-        except FloatingPointError as e:
-            console.print(f"  the cell raised {e!r}; w is still {_fmt(ns['w'])}, "
-                          f"{len(ns['history'])} epochs in history")
-
-        console.print("\n[bold]log[/bold]")
-        for c in s.log():
-            console.print(f"  {c.short}  {c.kind:5} {c.message}")
-        d = s.diff(commits[0], commits[-1])
-        console.print(f"\n[bold]diff[/bold] {commits[0][:12]} → {commits[-1][:12]}: "
-                      f"added {list(d.added)}, changed {list(d.changed)}")
-
-        console.print(f"\n[bold]checkout[/bold] {commits[0][:12]} (before training):")
-        s.checkout(commits[0])
-        console.print(f"  w = {_fmt(ns['w'])}, history = {ns['history']}, "
-                      f"'step' defined: {'step' in ns}")
-        s.checkout("main")
-        console.print(f"  back on main: w = {_fmt(ns['w'])}, {len(ns['history'])} epochs")
-
+                 notify=lambda m: echo(wrap(f"txpy: {m}".split()))) as s:
+        commits = _train(s, ns, console)
+        _fail(s, ns, console)
+        s.wait()
+        console.print("\n[bold]txpy log[/bold]")
+        echo(porcelain.log(s.repo, "demo", title=False))
+        console.print(f"\n[bold]txpy diff[/bold] {commits[0][:12]} {commits[-1][:12]}")
+        echo(porcelain.diff(s.repo, "demo", commits[0], commits[-1]))
+        _checkout(s, ns, console, commits[0])
     state = load(store, "demo")
-    names = sorted(n for n in state if not n.startswith("__"))
-    console.print(f"\n[bold]txpy.load[/bold] in a fresh dict: names {names}; "
-                  f"the restored step() still trains: accuracy {state['step'](0.5):.2f}")
+    console.print("\n[bold]txpy.load[/bold] in a fresh dict brings back:")
+    echo(wrap(sorted(n for n in state if not n.startswith("__")), lead="   ", sep=","))
+    console.print(f"and the restored step() still trains: accuracy {state['step'](0.5):.2f}")
     txpy = Path(sys.executable).with_name("txpy")
-    console.print(f"\nTry: cd {root} && {txpy} log && {txpy} shell HEAD")
+    console.print(f"\nTry:\n  cd {root}\n  {txpy} log\n  {txpy} shell HEAD")
+
+
+def _train(s: Session, ns: dict[str, object], console: Console) -> list[str]:
+    commits = []
+    for title, cell in CELLS:
+        code = textwrap.dedent(cell)
+        exec(code, ns)
+        commits.append(s.commit(title, kind="cell", code=code))
+        console.print(f"[green]committed[/green] {commits[-1][:12]}  {title}:")
+        console.print(f"    w = {_fmt(ns['w'])}, {len(ns['history'])} epochs")
+    return commits
+
+
+def _fail(s: Session, ns: dict[str, object], console: Console) -> None:
+    console.print("\n[bold]A failing step inside a transaction is rolled back:[/bold]")
+    try:
+        with s.transaction():
+            exec(textwrap.dedent(FAILING_CELL), ns)
+    except FloatingPointError as e:
+        console.print(f"  the cell raised {e!r}")
+        console.print(f"  w is still {_fmt(ns['w'])}, "
+                      f"{len(ns['history'])} epochs in history")
+
+
+def _checkout(s: Session, ns: dict[str, object], console: Console, first: str) -> None:
+    console.print(f"\n[bold]checkout[/bold] {first[:12]} (before training):")
+    s.checkout(first)
+    console.print(f"  w = {_fmt(ns['w'])}, history = {ns['history']}, "
+                  f"'step' defined: {'step' in ns}")
+    s.checkout("main")
+    console.print(f"  back on main: w = {_fmt(ns['w'])}, "
+                  f"{len(ns['history'])} epochs")
 
 
 def _fmt(w: object) -> str:

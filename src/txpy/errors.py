@@ -17,6 +17,10 @@ class UnknownRefError(TxpyError):
     """A commit id, prefix or branch name that the store does not know."""
 
 
+class BranchExistsError(TxpyError):
+    """A new branch was asked for under a name the history already uses."""
+
+
 class CorruptStoreError(TxpyError):
     """Bytes in the store do not match their hash or signature."""
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import RemoteError, TxpyError, UntrustedError
 from .model import ComponentManifest, Tree
-from .repo import STORE_DIR, Repository, check_commit_record
+from .repo import STORE_DIR, CommitRecord, Repository, check_commit_record
 from .store.backend import Backend, backend_for
 from .store.chunks import ChunkStore, chunk_key
 
@@ -91,12 +91,21 @@ class Remote:
             raise RemoteError(f"someone pushed to branch {branch!r} of {history!r} meanwhile; "
                               "run `txpy pull` first, then push again")
 
-    def read_commit(self, commit_id: str) -> dict[str, Any]:
+    def read_commit(self, commit_id: str) -> CommitRecord:
+        """The record of a commit as pushed, not yet checked (`check_commit_record`)."""
         try:
-            return json.loads(self.commits.get(commit_id))
+            rec = json.loads(self.commits.get(commit_id))
         except FileNotFoundError:
             raise RemoteError(f"the remote lacks commit record {commit_id[:12]} that a ref or "
                               "parent names; it is incomplete (an interrupted push?)") from None
+        return CommitRecord(commit_id, rec["history"], rec["time"], rec["body"].encode(),
+                            rec["sig"], rec["signer"])
+
+    def write_commit(self, r: CommitRecord) -> int:
+        """Store a commit record (after the chunks it needs); the bytes written."""
+        record = json.dumps({"history": r.history, "time": r.time, "body": r.body.decode(),
+                             "sig": r.sig, "signer": r.signer}).encode()
+        return self.commits.put_many([(r.id, record)])
 
 
 def _ancestors(repo: Repository, tip: str) -> list[str]:
@@ -109,14 +118,14 @@ def _ancestors(repo: Repository, tip: str) -> list[str]:
             continue
         visited.add(cid)
         seen.append(cid)
-        stack.extend(repo.commit(cid).parents)
+        stack.extend(repo.read_commit(cid).parents)
     return seen
 
 
 def _objects_of(repo: Repository, commit_ids: Iterable[str]) -> set[str]:
     keys: set[str] = set()
     for cid in commit_ids:
-        commit = repo.commit(cid)
+        commit = repo.read_commit(cid)
         keys.add(commit.tree)
         for comp in repo.tree(commit).component_keys():
             if comp not in keys:
@@ -130,11 +139,11 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
     """Copy the commits of histories (all by default) and the chunks the remote lacks; then
     move the remote's branches. Refuses if that would drop commits only the remote has."""
     remote_refs = remote.read_refs()
-    tracking = tuple(f"{name}/" for name in repo.meta.remotes())
+    tracking = tuple(f"{name}/" for name in repo.remotes())
     updates: list[tuple[str, str, str]] = []
     wanted: list[str] = []
     for history in histories or repo.histories():
-        for branch, cid in repo.meta.branches(history).items():
+        for branch, cid in repo.refs.branches(history).items():
             if branch.startswith(tracking):  # e.g. origin/main: a copy of a remote's branch
                 continue
             theirs = remote_refs.get((history, branch))
@@ -152,20 +161,15 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
     needed = _objects_of(repo, to_send)
     missing = sorted(needed - set(remote.objects.keys()))
     sent = 0
-    local = repo.chunks.backend
     for i, key in enumerate(missing):
         if progress:
             progress("chunks", i, len(missing))
-        data = local.get(key)  # stored bytes as they are: already compressed
-        sent += remote.objects.put_many([(key, data)])
+        data, width = repo.chunks.read(key)  # verified: damage here must not spread
+        sent += remote.chunks.put_many([(key, data, width)])
     if progress:
         progress("chunks", len(missing), len(missing))
     for cid in reversed(to_send):  # oldest first
-        body, sig, signer = repo.meta.commit_row(cid)  # type: ignore[misc]
-        commit = repo.commit(cid)
-        record = json.dumps({"history": commit.history, "time": commit.time,
-                             "body": body.decode(), "sig": sig, "signer": signer}).encode()
-        sent += remote.commits.put_many([(cid, record)])
+        sent += remote.write_commit(repo.commit_record(cid))
     for history, branch, cid in updates:
         remote.write_ref(history, branch, cid, remote_refs.get((history, branch)))
     return TransferStats(len(to_send), len(missing), sent,
@@ -179,39 +183,35 @@ def pull(repo: Repository, remote: Remote, remote_name: str, *, trust: bool = Fa
     hash), then record them and move branches: a branch missing here is created, one behind
     is fast-forwarded, a diverged one is left alone with ``REMOTE/BRANCH`` beside it."""
     remote_refs = {ref: r.commit for ref, r in remote.read_refs().items()}
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, CommitRecord] = {}
     stack = list(remote_refs.values())
     trusted = repo.trusted_keys()
     new_signers: set[str] = set()
     while stack:
         cid = stack.pop()
-        if cid in records or repo.meta.has_commit(cid):
+        if cid in records or repo.has_commit(cid):
             continue
         rec = remote.read_commit(cid)
-        body = rec["body"].encode()
-        signer = rec["signer"]
-        if signer not in trusted:
+        if rec.signer not in trusted:
             if not trust:
                 raise UntrustedError(
-                    f"{remote.url} holds commits signed by key {signer[:16]}…, which this "
+                    f"{remote.url} holds commits signed by key {rec.signer[:16]}…, which this "
                     "store does not trust. Pickled state runs code when loaded: only if you "
                     "trust who pushed it, re-run with --trust (or `txpy trust KEY`).")
-            new_signers.add(signer)
-        check_commit_record(cid, body, rec["sig"], signer, {**trusted, signer: ""})
+            new_signers.add(rec.signer)
+        check_commit_record(cid, rec.body, rec.sig, rec.signer, {**trusted, rec.signer: ""})
         records[cid] = rec
-        stack.extend(json.loads(body)["parents"])
+        stack.extend(json.loads(rec.body)["parents"])
     for signer in new_signers:
         repo.trust(signer, f"pulled from {remote.url}")
-    got, received = _fetch_objects(repo, remote, records, progress)
-    with repo.meta.write() as conn:
-        for cid, rec in records.items():
-            repo.meta.insert_commit(conn, cid, rec["history"], rec["time"], rec["body"].encode(),
-                                    rec["sig"], rec["signer"])
+    with repo.writing():  # a gc meanwhile would delete the chunks no record names yet
+        got, received = _fetch_objects(repo, remote, records.values(), progress)
+        repo.insert_commits(records.values())
     moved = _update_branches(repo, remote_refs, remote_name)
     return TransferStats(len(records), got, received, tuple(moved))
 
 
-def _fetch_objects(repo: Repository, remote: Remote, records: dict[str, dict[str, Any]],
+def _fetch_objects(repo: Repository, remote: Remote, records: Iterable[CommitRecord],
                    progress: Progress | None) -> tuple[int, int]:
     """Download what the new commits need and the store lacks; each chunk is verified against
     its key before it is stored. Returns (objects, bytes received)."""
@@ -226,7 +226,7 @@ def _fetch_objects(repo: Repository, remote: Remote, records: dict[str, dict[str
             received += len(data)
         return data
 
-    trees = [json.loads(rec["body"])["tree"] for rec in records.values()]
+    trees = [json.loads(rec.body)["tree"] for rec in records]
     components: set[str] = set()
     for i, key in enumerate(trees):
         if progress:
@@ -248,19 +248,21 @@ def _fetch_objects(repo: Repository, remote: Remote, records: dict[str, dict[str
 
 def _update_branches(repo: Repository, remote_refs: dict[tuple[str, str], str],
                      remote_name: str) -> list[str]:
+    """Record each remote branch as REMOTE/BRANCH; create or fast-forward the local branch
+    (compare-and-set: a branch a commit moved meanwhile is left alone); give a history
+    without a HEAD one. All in one transaction."""
     moved = []
-    with repo.meta.write() as conn:
+    with repo.refs.atomic():
         for (history, branch), cid in sorted(remote_refs.items()):
-            repo.meta.set_branch(conn, history, f"{remote_name}/{branch}", cid)
-            ours = repo.meta.branch_commit(history, branch)
+            repo.refs.move(history, f"{remote_name}/{branch}", cid)
+            ours = repo.refs.tip(history, branch)
             if ours == cid:
                 continue
-            if ours is None or ours in _ancestors(repo, cid):
-                repo.meta.set_branch(conn, history, branch, cid)
+            if (ours is None or ours in _ancestors(repo, cid)) \
+                    and repo.refs.set_if_equals(history, branch, ours, cid):
                 moved.append(f"{history}/{branch}")
-            head_branch, head = repo.meta.head(history)
-            if head is None:
-                repo.meta.set_head(conn, history, branch, cid)
+            if repo.refs.head(history)[1] is None:
+                repo.refs.set_head(history, branch, cid)
     return moved
 
 
@@ -270,13 +272,12 @@ def add_remote(repo: Repository, name: str, url: str, options: dict[str, Any] | 
     if "://" not in url:
         url = "file://" + str(Path(url).resolve())
     Remote(url, options)  # fails early on an unknown protocol or a missing driver
-    with repo.meta.write() as conn:
-        repo.meta.set_remote(conn, name, url, json.dumps(options or {}))
+    repo.set_remote(name, url, options or {})
 
 
 def get_remote(repo: Repository, name: str | None) -> tuple[str, Remote]:
     """The remote called name, or the only/``origin`` one when name is None."""
-    remotes = repo.meta.remotes()
+    remotes = repo.remotes()
     if name is None:
         if "origin" in remotes or len(remotes) != 1:
             name = "origin"
@@ -287,7 +288,7 @@ def get_remote(repo: Repository, name: str | None) -> tuple[str, Remote]:
         raise RemoteError(f"no remote {name!r} (known: {known}); add one with "
                           "`txpy remote add NAME URL`")
     url, options = remotes[name]
-    return name, Remote(url, json.loads(options))
+    return name, Remote(url, options)
 
 
 def clone(url: str, dest: Path, *, trust: bool, options: dict[str, Any] | None = None,

@@ -14,12 +14,14 @@ Layout of a store (``.txpy/``)::
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import (
     CorruptStoreError,
@@ -29,13 +31,13 @@ from .errors import (
     UntrustedError,
 )
 from .model import Commit, ComponentManifest, Diff, Tree
+from .refs import RefsContainer
 from .signing import Signer, verify
 from .store.backend import LocalBackend, SqliteBackend, TieredBackend
 from .store.chunks import ChunkStore, chunk_key
 from .store.meta import MetaDB
 
 STORE_DIR = ".txpy"
-DEFAULT_BRANCH = "main"
 
 
 def store_for(start: str | os.PathLike[str] = ".") -> Path:
@@ -68,6 +70,19 @@ class Damage:
     names: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class CommitRecord:
+    """A commit as stored and sent to remotes: its canonical body, signed. Only
+    `Repository.read_commit` turns it into a Commit, after checking hash and signature."""
+
+    id: str
+    history: str
+    time: float
+    body: bytes
+    sig: str
+    signer: str
+
+
 @dataclass
 class FsckReport:
     commits: int = 0
@@ -77,6 +92,11 @@ class FsckReport:
     @property
     def ok(self) -> bool:
         return not self.damage
+
+
+def looks_like_id(ref: str) -> bool:
+    """Whether ref could be a commit id or a prefix of one (at least 4 hex digits)."""
+    return len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower())
 
 
 def check_commit_record(commit_id: str, body: bytes, sig: str, signer: str,
@@ -94,12 +114,25 @@ def check_commit_record(commit_id: str, body: bytes, sig: str, signer: str,
                                 "tampered with")
 
 
+def diff_trees(a: Tree, b: Tree) -> Diff:
+    """Names added, removed and changed from state a to state b."""
+    na, nb = a.names, b.names
+    changed = sorted(n for n in na & nb if a.fingerprints.get(n) != b.fingerprints.get(n)
+                     or (n in a.unstored) != (n in b.unstored))
+    return Diff(tuple(sorted(nb - na)), tuple(sorted(na - nb)), tuple(changed))
+
+
 class Repository:
-    """Porcelain over the store: everything except the live namespace."""
+    """The store as one object: commits, refs (``repo.refs``), objects, remotes, gc, fsck.
+
+    Callers never reach the SQLite metadata (``meta``) themselves; what they need is a method
+    here or on ``refs``.
+    """
 
     def __init__(self, path: Path, meta: MetaDB, signer: Signer):
         self.path = path
         self.meta = meta
+        self.refs = RefsContainer(meta)
         self._objects = TieredBackend(SqliteBackend(path / "small.db"),
                                       LocalBackend(path / "objects"))
         self.chunks = ChunkStore(self._objects)
@@ -176,84 +209,91 @@ class Repository:
             self.meta.trust_key(conn, key_id, label)
         self._trusted = self.meta.trusted_keys()
 
+    # remotes
+    def remotes(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """{name: (url, fsspec storage options)} of the remotes this store remembers."""
+        return {name: (url, json.loads(options))
+                for name, (url, options) in self.meta.remotes().items()}
+
+    def set_remote(self, name: str, url: str, options: dict[str, Any]) -> None:
+        with self.meta.write() as conn:
+            self.meta.set_remote(conn, name, url, json.dumps(options))
+
     # commits
     def new_commit(self, commit: Commit, branch: str | None) -> tuple[Commit, str]:
-        """Publish commit on branch of its history, atomically; return it and the branch used.
-
-        If the branch moved since commit's parent (another process committed there), or HEAD
-        is detached, the commit starts a new branch instead: no one's history is lost.
+        """Publish a sealed commit (`Commit.sealed`) on branch of its history: its signed
+        record and the ref move are one transaction. Returns it and the branch used, which
+        is a new one if branch moved meanwhile or HEAD is detached (`RefsContainer.advance`).
         """
-        body = commit.body()
-        history = commit.history
+        if not commit.id:
+            raise ValueError("new_commit needs a sealed commit (Commit.sealed())")
         parent = commit.parents[0] if commit.parents else None
         with self.meta.write() as conn:
-            used = branch
-            if used is None or self.meta.branch_commit(history, used) not in (None, parent):
-                used = self._free_branch_name(history, used or DEFAULT_BRANCH)
-            self.meta.insert_commit(conn, commit.id, history, commit.time, body,
+            self.meta.insert_commit(conn, commit.id, commit.history, commit.time, commit.body(),
                                     self.signer.sign(commit.id), self.signer.key_id)
-            self.meta.set_branch(conn, history, used, commit.id)
-            self.meta.set_head(conn, history, used, commit.id)
+            used = self.refs.advance(commit.history, branch, parent, commit.id)
         return commit, used
 
-    def _free_branch_name(self, history: str, base: str) -> str:
-        taken = self.meta.branches(history)
-        if base not in taken:
-            return base
-        n = 2
-        while f"{base}-{n}" in taken:
-            n += 1
-        return f"{base}-{n}"
+    def insert_commits(self, records: Iterable[CommitRecord]) -> None:
+        """Store records made elsewhere (a pull), in one transaction. They are checked when
+        read (`read_commit`), like every record."""
+        with self.meta.write() as conn:
+            for r in records:
+                self.meta.insert_commit(conn, r.id, r.history, r.time, r.body, r.sig, r.signer)
 
-    def commit(self, commit_id: str) -> Commit:
-        """A commit by full id, verified (hash and signature) before anything uses it."""
+    def has_commit(self, commit_id: str) -> bool:
+        return self.meta.has_commit(commit_id)
+
+    def commit_record(self, commit_id: str) -> CommitRecord:
+        """The stored record of a commit, as it is (for sending it elsewhere)."""
         row = self.meta.commit_row(commit_id)
         if row is None:
             raise UnknownRefError(f"unknown commit {commit_id[:12]}")
-        body, sig, signer = row
-        check_commit_record(commit_id, body, sig, signer, self._trusted)
-        return Commit.from_body(commit_id, body)
+        return CommitRecord(commit_id, *row)
+
+    def read_commit(self, commit_id: str) -> Commit:
+        """A commit by full id, verified (hash and signature) before anything uses it."""
+        r = self.commit_record(commit_id)
+        check_commit_record(commit_id, r.body, r.sig, r.signer, self._trusted)
+        return Commit.from_body(commit_id, r.body)
 
     def resolve(self, history: str | None, ref: str | None = None) -> Commit:
         """A commit from a ref: None/"HEAD" (that history's HEAD), a branch, an id or prefix."""
         if ref is None or ref == "HEAD":
             if history is None:
                 raise UnknownRefError("HEAD needs a history name")
-            _, cid = self.meta.head(history)
+            _, cid = self.refs.head(history)
             if cid is None:
                 raise UnknownRefError(f"history {history!r} has no commits in {self.path}")
-            return self.commit(cid)
+            return self.read_commit(cid)
         if history is not None:
-            cid = self.meta.branch_commit(history, ref)
+            cid = self.refs.tip(history, ref)
             if cid is not None:
-                return self.commit(cid)
-        if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref.lower()):
+                return self.read_commit(cid)
+        if looks_like_id(ref):
             matches = self.meta.commit_ids_with_prefix(ref.lower())
             if len(matches) == 1:
-                return self.commit(matches[0])
+                return self.read_commit(matches[0])
             if len(matches) > 1:
                 raise UnknownRefError(f"commit prefix {ref!r} is ambiguous; give more digits")
         where = f" in history {history!r}" if history else ""
         raise UnknownRefError(f"unknown commit or branch {ref!r}{where}")
 
+    # refs, as session.py moves them (RefsContainer has the rest)
     def set_head(self, history: str, branch: str | None, commit_id: str) -> None:
-        with self.meta.write() as conn:
-            self.meta.set_head(conn, history, branch, commit_id)
+        self.refs.set_head(history, branch, commit_id)
 
     def move_branch(self, history: str, name: str, commit_id: str) -> None:
         """Point branch name at commit_id (created if absent)."""
-        with self.meta.write() as conn:
-            self.meta.set_branch(conn, history, name, commit_id)
+        self.refs.move(history, name, commit_id)
 
     def create_branch(self, history: str, name: str, commit_id: str) -> None:
-        if self.meta.branch_commit(history, name) is not None:
-            raise UnknownRefError(f"branch {name!r} already exists in history {history!r}")
-        with self.meta.write() as conn:
-            self.meta.set_branch(conn, history, name, commit_id)
+        """A new branch at commit_id; BranchExistsError if the name is taken."""
+        self.refs.create(history, name, commit_id)
 
     def log(self, history: str) -> list[Commit]:
         """Every commit of a history, newest first."""
-        return [self.commit(cid) for cid, _, _ in reversed(self.meta.all_commit_rows(history))]
+        return [self.read_commit(cid) for cid in reversed(self.meta.commit_ids(history))]
 
     def histories(self) -> list[str]:
         return self.meta.histories()
@@ -269,19 +309,21 @@ class Repository:
     def manifest(self, key: str) -> ComponentManifest:
         return ComponentManifest.from_bytes(self.chunks.get(key))
 
+    def value_size(self, manifest: ComponentManifest) -> int:
+        """Bytes of a component as pickled: its buffers plus its pickle stream (read: the
+        manifest records only the buffers' sizes)."""
+        return (sum(b.nbytes for b in manifest.buffers)
+                + sum(len(self.chunks.get(k)) for k in manifest.stream))
+
     def diff(self, a: Commit, b: Commit) -> Diff:
-        ta, tb = self.tree(a), self.tree(b)
-        na, nb = ta.names, tb.names
-        changed = sorted(n for n in na & nb if ta.fingerprints.get(n) != tb.fingerprints.get(n)
-                         or (n in ta.unstored) != (n in tb.unstored))
-        return Diff(tuple(sorted(nb - na)), tuple(sorted(na - nb)), tuple(changed))
+        return diff_trees(self.tree(a), self.tree(b))
 
     # maintenance
     def _reachable(self) -> set[str]:
         """Every chunk key some commit refers to; damaged records keep what they can."""
         keys: set[str] = set()
-        for cid, _, _ in self.meta.all_commit_rows():
-            commit = self.commit(cid)
+        for cid in self.meta.commit_ids():
+            commit = self.read_commit(cid)
             keys.add(commit.tree)
             try:
                 tree = self.tree(commit)
@@ -312,7 +354,8 @@ class Repository:
             return removed, freed
 
     def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
-        """Verify every commit, tree, manifest and chunk; report what any damage affects."""
+        """Verify every commit, tree, manifest and chunk; report what any damage affects.
+        progress(i, n) is called before commit i of n is checked."""
         report = FsckReport()
         verified: dict[str, str | None] = {}  # key -> problem or None
 
@@ -325,34 +368,35 @@ class Repository:
                     verified[key] = str(e)
             return verified[key]
 
-        rows = self.meta.all_commit_rows()
-        for i, (cid, _, _) in enumerate(rows):
+        ids = self.meta.commit_ids()
+        for i, cid in enumerate(ids):
             if progress:
-                progress(i, len(rows))
+                progress(i, len(ids))
             report.commits += 1
-            try:
-                commit = self.commit(cid)
-            except CorruptStoreError as e:
-                report.damage.append(Damage(cid, "?", str(e)))
-                continue
-            problem = check(commit.tree)
-            if problem:
-                report.damage.append(Damage(cid, commit.history, f"tree: {problem}"))
-                continue
-            tree = self.tree(commit)
-            by_component: dict[str, list[str]] = {}
-            for name, comp in tree.components.items():
-                by_component.setdefault(comp, []).append(name)
-            if tree.rng:
-                by_component.setdefault(tree.rng, []).append("<random generator state>")
-            for comp, names in by_component.items():
-                problem = check(comp)
-                if problem is None:
-                    for key in self.manifest(comp).chunk_keys():
-                        problem = check(key)
-                        if problem:
-                            break
-                if problem:
-                    report.damage.append(Damage(cid, commit.history, problem, tuple(sorted(names))))
+            report.damage.extend(self._damage(cid, check))
         report.chunks = len(verified)
         return report
+
+    def _damage(self, cid: str, check: Callable[[str], str | None]) -> list[Damage]:
+        """What is wrong with commit cid and everything it refers to, by the names affected."""
+        try:
+            commit = self.read_commit(cid)
+        except CorruptStoreError as e:
+            return [Damage(cid, "?", str(e))]
+        problem = check(commit.tree)
+        if problem:
+            return [Damage(cid, commit.history, f"tree: {problem}")]
+        tree = self.tree(commit)
+        by_component: dict[str, list[str]] = {}
+        for name, comp in tree.components.items():
+            by_component.setdefault(comp, []).append(name)
+        if tree.rng:
+            by_component.setdefault(tree.rng, []).append("<random generator state>")
+        damage = []
+        for comp, names in by_component.items():
+            problem = check(comp)
+            if problem is None:
+                problem = next(filter(None, map(check, self.manifest(comp).chunk_keys())), None)
+            if problem:
+                damage.append(Damage(cid, commit.history, problem, tuple(sorted(names))))
+        return damage

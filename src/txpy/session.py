@@ -91,7 +91,7 @@ class Session:
         self._warned: set[tuple[str, str]] = set()
         self._blocks: Any = None  # Transactions of `with session.transaction():` blocks
         self._branch, head = self.repo.meta.head(name)
-        self._head: Commit | None = self.repo.commit(head) if head else None
+        self._head: Commit | None = self.repo.read_commit(head) if head else None
         self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
 
     def close(self) -> None:

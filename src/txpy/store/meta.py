@@ -7,6 +7,7 @@ transaction, written only after every chunk it names is durable.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,10 +38,15 @@ REQUIRED_TABLES = frozenset({"info", "commits", "refs", "heads", "trusted_keys",
 
 
 class MetaDB:
-    """Thin, typed access to the metadata tables; no policy lives here."""
+    """Thin, typed access to the metadata tables; no policy lives here (refs.py decides how
+    branches and HEAD move, repo.py what a commit record must be)."""
 
     def __init__(self, path: Path, create: bool):
         self.path = path
+        self._writer = threading.RLock()  # the async writer thread shares this connection
+        #: a write() is open (in the thread holding _writer). A flag, not a depth count: an
+        #: interrupt between two bytecodes cannot leave it wrong for the next write
+        self._open = False
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -79,19 +85,29 @@ class MetaDB:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: readers go on, other writers wait (busy timeout).
 
-        Whatever interrupts it (an exception, KeyboardInterrupt between two statements, a
-        failed COMMIT), the connection is left outside any transaction: the next write must
-        not find this one still open.
+        A write() inside another one (same thread) joins it: the outermost commits or rolls
+        back the whole, so a commit record and the ref moves that publish it compose without
+        a connection handed around. Another thread sharing this connection waits for it.
+
+        Whatever interrupts the outermost (an exception, KeyboardInterrupt between two
+        statements, a failed COMMIT), the connection is left outside any transaction: the
+        next write must not find this one still open.
         """
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            yield self.conn
-            self.conn.execute("COMMIT")
-        finally:
+        with self._writer:
+            if self._open:
+                yield self.conn  # joins the outer transaction: only its owner gets here
+                return
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
+            try:
+                self._open = True
+                self.conn.execute("BEGIN IMMEDIATE")
+                yield self.conn
+                self.conn.execute("COMMIT")
+            finally:
+                self._open = False
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
 
     # commits
     def insert_commit(self, conn: sqlite3.Connection, cid: str, history: str, time: float,
@@ -99,10 +115,10 @@ class MetaDB:
         conn.execute("INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?, ?)",
                      (cid, history, time, body, sig, signer))
 
-    def commit_row(self, cid: str) -> tuple[bytes, str, str] | None:
-        """(body, signature, signer key id) of a commit."""
+    def commit_row(self, cid: str) -> tuple[str, float, bytes, str, str] | None:
+        """(history, time, body, signature, signer key id) of a commit."""
         return self.conn.execute(
-            "SELECT body, sig, signer FROM commits WHERE id=?", (cid,)).fetchone()
+            "SELECT history, time, body, sig, signer FROM commits WHERE id=?", (cid,)).fetchone()
 
     def has_commit(self, cid: str) -> bool:
         return self.conn.execute("SELECT 1 FROM commits WHERE id=?", (cid,)).fetchone() is not None
@@ -113,13 +129,14 @@ class MetaDB:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def all_commit_rows(self, history: str | None = None) -> list[tuple[str, bytes, str]]:
+    def commit_ids(self, history: str | None = None) -> list[str]:
+        """Ids of the commits of history (of every history when None), oldest first."""
         if history is None:
-            q = self.conn.execute("SELECT id, body, sig FROM commits ORDER BY time")
+            q = self.conn.execute("SELECT id FROM commits ORDER BY time")
         else:
-            q = self.conn.execute(
-                "SELECT id, body, sig FROM commits WHERE history=? ORDER BY time", (history,))
-        return q.fetchall()
+            q = self.conn.execute("SELECT id FROM commits WHERE history=? ORDER BY time",
+                                  (history,))
+        return [r[0] for r in q.fetchall()]
 
     # trust and remotes
     def trusted_keys(self) -> dict[str, str]:
@@ -155,15 +172,13 @@ class MetaDB:
         conn.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?)", (history, branch, cid))
 
     def head(self, history: str) -> tuple[str | None, str | None]:
-        """(branch, commit id): branch is None when HEAD is detached at commit id."""
+        """(branch, commit id): branch is None when HEAD is detached at commit id. One query,
+        so that a branch moved by another process is read whole."""
         row = self.conn.execute(
-            "SELECT branch, commit_id FROM heads WHERE history=?", (history,)).fetchone()
-        if row is None:
-            return None, None
-        branch, cid = row
-        if branch is not None:
-            cid = self.branch_commit(history, branch)
-        return branch, cid
+            "SELECT h.branch, CASE WHEN h.branch IS NULL THEN h.commit_id ELSE r.commit_id END "
+            "FROM heads h LEFT JOIN refs r ON r.history = h.history AND r.branch = h.branch "
+            "WHERE h.history=?", (history,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
 
     def set_head(self, conn: sqlite3.Connection, history: str, branch: str | None,
                  cid: str | None) -> None:
