@@ -38,8 +38,8 @@ def _check_session_matches_store(s, store, name):
     """HEAD as the session sees it is HEAD as the store has it, on the branch it started on."""
     repo = Repository.open(store)
     try:
-        branch, head = repo.meta.head(name)
-        assert set(repo.meta.branches(name)) == {"main"}, "no invented branches"
+        branch, head = repo.refs.head(name)
+        assert set(repo.refs.branches(name)) == {"main"}, "no invented branches"
         assert (branch, head) == ("main", s.head.id)
     finally:
         repo.close()

@@ -148,7 +148,7 @@ def test_interrupting_the_kernel_while_cells_commit_never_corrupts_the_history(t
     try:
         report = repo.fsck()
         assert report.ok, report.damage
-        assert set(repo.meta.branches("ipython")) == {"main"}, "no invented branches"
+        assert set(repo.refs.branches("ipython")) == {"main"}, "no invented branches"
     finally:
         repo.close()
     km, kc = start_kernel(tmp_path)

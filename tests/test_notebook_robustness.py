@@ -77,7 +77,7 @@ def test_a_checkout_inside_a_failing_cell_is_undone(ip, capsys):
     ns = ip.user_ns
     assert ns["a"] == 2 and ns["b"] == [1] and "c" not in ns
     assert (ext.session.head.id, ext.session.branch) == (head, branch)
-    assert ext.session.repo.meta.branches("ipython")[branch] == head
+    assert ext.session.repo.refs.branches("ipython")[branch] == head
     run(ip, "d = 4")  # the history goes on from where it was
     assert ext.session.branch == branch and ext.errors == []
 

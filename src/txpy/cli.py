@@ -283,7 +283,7 @@ def trust(key_id: str | None, store: Path | None) -> None:
     echo(porcelain.trusted(repo))
 
 
-# --- txpy run (frontends/runner.py) ------------------------------------------------------------
+# --- txpy run (frontends/runner/) ---------------------------------------------------------------
 @main.command(context_settings={"ignore_unknown_options": True,
                                 "allow_interspersed_args": False})
 @click.argument("script", type=click.Path(dir_okay=False, path_type=Path))

@@ -148,6 +148,10 @@ class Commit:
         return self.id[:12]
 
 
+#: a commit's read set when its transaction could have read any name
+ANY_NAME = ("*",)
+
+
 @dataclass(frozen=True)
 class Diff:
     """Names added, removed and changed between two commits."""

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from .errors import TxpyError, UnknownRefError
 from .humanize import WIDTH, size, when, wrap
-from .model import Commit, Tree, Unstored
+from .model import ANY_NAME, Commit, Tree, Unstored
 from .remote import TransferStats
 from .repo import FsckReport, Repository, diff_trees, looks_like_id
-from .session import ANY_NAME
 
 #: names a log line lists for one commit; the rest are counted
 LOG_NAMES = 12
@@ -52,23 +51,33 @@ def _histories(repo: Repository, history: str | None) -> list[str]:
 
 
 # --- log -----------------------------------------------------------------------------------
+#: (branch, commit id) of HEAD as a session sees it: a kernel on a branch of its own
+Head = tuple[str | None, str | None]
+
+
+def _head(repo: Repository, history: str, at: Head | None) -> Head:
+    """HEAD of history as given (a session's), else as the store has it."""
+    return at if at is not None else repo.refs.head(history)
+
+
 def log(repo: Repository, history: str | None = None, *, limit: int | None = None,
-        title: bool = True) -> list[str]:
+        title: bool = True, at: Head | None = None) -> list[str]:
     """Commits of history (of every history when None), newest first: HEAD marked ``*``,
     the branches at each, its new data and the names it added (+), changed (~), removed (-).
     limit: show only the newest so many of each history."""
     names = _histories(repo, history)
     if not names:
         return ["the store has no commits yet"]
-    return [line for name in names for line in _log_of(repo, name, limit, title)]
+    return [line for name in names for line in _log_of(repo, name, limit, title, at)]
 
 
-def _log_of(repo: Repository, history: str, limit: int | None, title: bool) -> list[str]:
+def _log_of(repo: Repository, history: str, limit: int | None, title: bool,
+            at: Head | None) -> list[str]:
     commits = repo.log(history)
     if not commits:
         return [f"history {history!r} has no commits yet"]
     shown = commits[:limit] if limit is not None else commits
-    head_branch, head = repo.refs.head(history)
+    head_branch, head = _head(repo, history, at)
     marks = _ref_marks(repo.refs.branches(history), head_branch, head)
     trees: dict[str, Tree] = {}
 
@@ -217,13 +226,13 @@ def diff(repo: Repository, history: str | None, a: str, b: str | None = None) ->
             for line in wrap(names, lead=label, sep=",")]
 
 
-def branches(repo: Repository, history: str | None = None, *, title: bool = True
-             ) -> list[str]:
+def branches(repo: Repository, history: str | None = None, *, title: bool = True,
+             at: Head | None = None) -> list[str]:
     """Branches of history (of every history when None) with their commits; ``*`` marks
     HEAD's branch, or a detached HEAD."""
     lines = []
     for name in _histories(repo, history):
-        head_branch, head = repo.refs.head(name)
+        head_branch, head = _head(repo, name, at)
         tips = repo.refs.branches(name)
         width = max(map(len, tips), default=0)
         lines += [f"history {name}"] if title else []
@@ -234,12 +243,13 @@ def branches(repo: Repository, history: str | None = None, *, title: bool = True
     return lines
 
 
-def status(repo: Repository, history: str | None = None) -> list[str]:
+def status(repo: Repository, history: str | None = None, *, at: Head | None = None
+           ) -> list[str]:
     """Where the store is and its size; for history (every history when None) its branch,
     last commit and the names it could not store."""
     lines = wrap([f"store:   {repo.path}", f"({size(repo.disk_usage())})"])
     for name in _histories(repo, history):
-        branch, head = repo.refs.head(name)
+        branch, head = _head(repo, name, at)
         lines += [f"history: {name}", f"branch:  {branch or '(detached)'}"]
         if head is None:
             lines.append("last commit: none")

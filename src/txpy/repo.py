@@ -280,17 +280,6 @@ class Repository:
         raise UnknownRefError(f"unknown commit or branch {ref!r}{where}")
 
     # refs, as session.py moves them (RefsContainer has the rest)
-    def set_head(self, history: str, branch: str | None, commit_id: str) -> None:
-        self.refs.set_head(history, branch, commit_id)
-
-    def move_branch(self, history: str, name: str, commit_id: str) -> None:
-        """Point branch name at commit_id (created if absent)."""
-        self.refs.move(history, name, commit_id)
-
-    def create_branch(self, history: str, name: str, commit_id: str) -> None:
-        """A new branch at commit_id; BranchExistsError if the name is taken."""
-        self.refs.create(history, name, commit_id)
-
     def log(self, history: str) -> list[Commit]:
         """Every commit of a history, newest first."""
         return [self.read_commit(cid) for cid in reversed(self.meta.commit_ids(history))]

@@ -34,13 +34,11 @@ from .encode import UnpicklableError, encode
 from .errors import CommitFailedError, RestoreError, TxpyError
 from .humanize import size
 from .knowledge import Knowledge
-from .model import Commit, Diff, Tree, Unstored
+from .model import ANY_NAME, Commit, Diff, Tree, Unstored
 from .repo import Repository
 from .store.backend import Bytes
 
 RNG_NAME = "<random generators>"
-#: a commit's read set when its transaction could have read any name
-ANY_NAME = ("*",)
 #: Loads and writes at least this big are announced (a pause of about a second or more here).
 ANNOUNCE_BYTES = 256 << 20
 
@@ -90,7 +88,7 @@ class Session:
         self._components: dict[tuple[tuple[str, ...], str], str] = {}  # (names, digest) -> key
         self._warned: set[tuple[str, str]] = set()
         self._blocks: Any = None  # Transactions of `with session.transaction():` blocks
-        self._branch, head = self.repo.meta.head(name)
+        self._branch, head = self.repo.refs.head(name)
         self._head: Commit | None = self.repo.read_commit(head) if head else None
         self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
 
@@ -392,7 +390,7 @@ class Session:
         self.wait()
         target = self.repo.resolve(self.name, ref)
         self.commit(message=f"before checkout of {ref}", kind="auto")
-        branch = ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None
+        branch = ref if self.repo.refs.tip(self.name, ref) == target.id else None
         self._move_to(target, branch)
         return target
 
@@ -402,7 +400,7 @@ class Session:
         self.wait()
         target = self.repo.resolve(self.name, ref)
         branch = self._branch if ref is None else (
-            ref if self.repo.meta.branch_commit(self.name, ref) == target.id else None)
+            ref if self.repo.refs.tip(self.name, ref) == target.id else None)
         self._known.forget()
         self._move_to(target, branch)
         return target
@@ -413,7 +411,7 @@ class Session:
         ref goes back too, so the failed transaction leaves no trace but commits in the log."""
         self.wait()
         if branch is not None:
-            self.repo.move_branch(self.name, branch, head.id)
+            self.repo.refs.move(self.name, branch, head.id)
         self._known.forget()  # the failed transaction may have mutated anything after its moves
         self._move_to(head, branch)
 
@@ -437,7 +435,7 @@ class Session:
                 changed.add(n)
         self._apply(tree, changed, current)
         self._restore_rng(tree)
-        self.repo.set_head(self.name, branch, target.id)
+        self.repo.refs.set_head(self.name, branch, target.id)
         self._branch, self._head, self._tree = branch, target, tree
 
     def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> set[str]:
@@ -503,13 +501,13 @@ class Session:
 
     def branches(self) -> dict[str, str]:
         self.wait()
-        return self.repo.meta.branches(self.name)
+        return self.repo.refs.branches(self.name)
 
     def create_branch(self, name: str, ref: str | None = None) -> None:
         """A new branch at ref (HEAD by default); HEAD moves onto it."""
         self.wait()
         target = self.repo.resolve(self.name, ref)
-        self.repo.create_branch(self.name, name, target.id)
+        self.repo.refs.create(self.name, name, target.id)
         if ref is None or target.id == (self._head.id if self._head else None):
-            self.repo.set_head(self.name, name, target.id)
+            self.repo.refs.set_head(self.name, name, target.id)
             self._branch = name

@@ -21,9 +21,10 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from .. import porcelain
 from ..compat import forget_line_magic
 from ..errors import TxpyError
-from ..humanize import size, when
+from ..humanize import when
 from ..model import Commit
 from ..repo import store_for
 from ..session import Session, is_dunder
@@ -145,12 +146,7 @@ class Extension:
         """Start a branch of this kernel's own at HEAD; its name."""
         s = self.session
         assert s is not None
-        base = s.branch or "main"
-        name = f"{base}-kernel{os.getpid()}"
-        n = 2
-        while name in s.branches():
-            name = f"{base}-kernel{os.getpid()}-{n}"
-            n += 1
+        name = s.repo.refs.free_name(s.name, f"{s.branch or 'main'}-kernel{os.getpid()}")
         s.create_branch(name)
         return name
 
@@ -286,6 +282,10 @@ class _Cell:
 _MISSING = object()
 
 
+def _say(lines: list[str]) -> None:
+    print("\n".join(lines))
+
+
 def _only_txpy_magic(raw: str) -> bool:
     lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
     return bool(lines) and all(ln.startswith("%txpy") for ln in lines)
@@ -360,35 +360,25 @@ class TxpyMagics(Magics):
     def _do_log(self, count: str = "20") -> None:
         if not count.isdigit():
             raise TxpyError(f"%txpy log N shows the last N commits; {count!r} is not a number")
-        limit = int(count)
-        s = self.session
-        head = s.head.id if s.head else None
-        tips: dict[str, list[str]] = {}
-        for b, cid in s.branches().items():
-            tips.setdefault(cid, []).append(b)
-        commits = s.log()
-        if not commits:
-            print(f"history {s.name!r} has no commits yet")
-            return
-        for c in commits[:limit]:
-            mark = "*" if c.id == head else " "
-            refs = f" ({', '.join(tips[c.id])})" if c.id in tips else ""
-            text = (c.code or c.message or "").strip().splitlines()
-            what = text[0][:60] + (" …" if len(text) > 1 or len(text[0]) > 60 else "") \
-                if text else ""
-            print(f"{mark} {c.short} {when(c.time)} {c.kind:<5}{refs} {what}")
-        if len(commits) > limit:
-            print(f"  ... {len(commits) - limit} older commits (%txpy log N shows more)")
+        s = self._waited()
+        lines = porcelain.log(s.repo, s.name, limit=int(count), title=False, at=self._at(s))
+        _say(lines)
+        if lines and lines[-1].endswith("not shown"):
+            print("  (%txpy log N shows more)")
 
     def _do_diff(self, a: str, b: str | None = None) -> None:
-        d = self.session.diff(a, b)
-        if not d:
-            print("no differences")
-            return
-        for label, names in (("added", d.added), ("removed", d.removed),
-                             ("changed", d.changed)):
-            if names:
-                print(f"{label}: {', '.join(names)}")
+        s = self._waited()
+        _say(porcelain.diff(s.repo, s.name, a, b))
+
+    def _waited(self) -> Session:
+        """The session, once its last commit is written (async durability)."""
+        s = self.session
+        s.wait()
+        return s
+
+    @staticmethod
+    def _at(s: Session) -> porcelain.Head:
+        return s.branch, s.head.id if s.head else None
 
     def _do_checkout(self, ref: str) -> None:
         commit = self.session.checkout(ref)
@@ -398,31 +388,24 @@ class TxpyMagics(Magics):
         print(f"checked out {commit.short} ({when(commit.time)}); now on {where}")
 
     def _do_branch(self, name: str | None = None) -> None:
-        s = self.session
+        s = self._waited()
         if name is not None:
             s.create_branch(name)
             print(f"created branch {name!r}; HEAD is on it")
             return
-        for b, cid in s.branches().items():
-            print(f"{'*' if b == s.branch else ' '} {b} {cid[:12]}")
-        if s.branch is None and s.head is not None:
-            print(f"* (detached at {s.head.short})")
+        _say(porcelain.branches(s.repo, s.name, title=False, at=self._at(s)))
 
     def _do_status(self) -> None:
         ext = self.ext
-        s = self.session
-        print(f"store:   {s.repo.path} ({size(s.repo.disk_usage())})")
-        print(f"history: {s.name}" + ("" if ext.lease and ext.lease.held
-                                      else " (shared with another kernel)"))
-        print(f"branch:  {s.branch or '(detached)'}")
-        print(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}, "
-              f"durability {s.durability}")
-        h = s.head
-        print(f"last commit: {h.short} {when(h.time)} {h.kind}" if h else "last commit: none")
-        if ext.fresh and h is not None:
-            print("  (not restored in this kernel: %txpy restore brings it back)")
-        for n, u in sorted(s.unstored.items()):
-            print(f"not stored: {n} ({u.type_name}): {u.reason}")
+        s = self._waited()
+        lines = porcelain.status(s.repo, s.name, at=self._at(s))
+        if not (ext.lease and ext.lease.held):
+            lines.append("(this history is shared with another kernel)")
+        lines.append(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}, "
+                     f"durability {s.durability}")
+        if ext.fresh and s.head is not None:
+            lines.append("(not restored in this kernel: %txpy restore brings it back)")
+        _say(lines)
 
     def _do_off(self) -> None:
         self.ext.enabled = False
