@@ -3,6 +3,7 @@ that run cells, checkouts inside failing cells, failed commits, fresh kernels, b
 Nothing is lost, every failing cell still rolls back, and every problem is one line."""
 
 import sqlite3
+import types
 
 import pytest
 
@@ -165,3 +166,45 @@ def test_a_store_that_cannot_be_opened_says_so_and_the_notebook_goes_on(ip, caps
     status = capsys.readouterr()
     assert "Traceback" not in status.out + status.err
     assert "not attached" in status.out + status.err
+
+
+class _Kernel:
+    """Another kernel on the same history, driven through the extension's cell hooks."""
+
+    def __init__(self):
+        self.ext = front.Extension(types.SimpleNamespace(
+            user_ns={"__name__": "__main__"}, user_ns_hidden={}, transform_cell=lambda s: s))
+
+    def cell(self, source):
+        info = types.SimpleNamespace(raw_cell=source)
+        self.ext.pre_run_cell(info)
+        exec(source, self.ext.ip.user_ns)
+        self.ext.post_run_cell(types.SimpleNamespace(info=info, error_in_exec=None,
+                                                     error_before_exec=None))
+
+
+def test_a_third_kernel_restores_without_taking_over_a_live_kernels_branch(ip, capsys):
+    first = _Kernel()  # live, holds the history
+    second = _Kernel()  # live too, on a branch of its own
+    try:
+        first.cell("x = 1")
+        second.cell("y = 2")
+        main_tip = first.ext.session.repo.refs.tip("ipython", "main")
+        run(ip, "%load_ext txpy")
+        capsys.readouterr()
+        run(ip, "%txpy restore")
+        out = capsys.readouterr().out
+        assert "another kernel is live" in out and "restored" in out
+        mine = front.extension(ip).session.branch
+        assert mine not in ("main", second.ext.session.branch)
+        run(ip, "z = 3")
+        refs = first.ext.session.repo.refs
+        assert refs.tip("ipython", "main") == main_tip
+        first.cell("x = 4")  # the live kernels go on where they were, unmoved
+        second.cell("y = 5")
+        assert first.ext.session.branch == "main" and refs.tip("ipython", mine) is not None
+        assert first.ext.errors == [] and second.ext.errors == []
+        assert len(set(refs.branches("ipython"))) == 3
+    finally:
+        first.ext.detach()
+        second.ext.detach()

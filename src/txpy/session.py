@@ -394,13 +394,20 @@ class Session:
         self._move_to(target, branch)
         return target
 
-    def restore(self, ref: str | None = None) -> Commit:
+    def restore(self, ref: str | None = None, *, on_branch: str | None = None) -> Commit:
         """Bring back a committed state (HEAD by default) into this namespace, e.g. in a new
-        process after a crash. Unlike checkout, the current namespace is not committed first."""
+        process after a crash. Unlike checkout, the current namespace is not committed first.
+
+        on_branch: go on committing on this branch (moved to the restored commit) rather than
+        on ref's: a kernel sharing a history with a live one keeps off the live one's branch."""
         self.wait()
         target = self.repo.resolve(self.name, ref)
-        branch = self._branch if ref is None else (
-            ref if self.repo.refs.tip(self.name, ref) == target.id else None)
+        if on_branch is not None:
+            self.repo.refs.move(self.name, on_branch, target.id)
+            branch: str | None = on_branch
+        else:
+            branch = self._branch if ref is None else (
+                ref if self.repo.refs.tip(self.name, ref) == target.id else None)
         self._known.forget()
         self._move_to(target, branch)
         return target

@@ -115,9 +115,9 @@ class Extension:
                                notify=notify)
         self.txns = Transactions(self.session, "cell", shell_calls, self.errors)
         self.lease = _Lease(self.session.repo.path, history)
+        head, found_on = self.session.head, self.session.branch
         if not self.lease.held:
             self._own_branch()
-        head = self.session.head
         self.saved = None
         if any(not self.ignore(n) for n in self.ip.user_ns):
             self.save_all("txpy enabled")
@@ -127,7 +127,7 @@ class Extension:
             # go on a branch of their own, so that %txpy restore still finds it
             self._fresh = set()
             if head is not None:
-                self.saved = (head, self.session.branch)
+                self.saved = (head, found_on)
                 notify(f"history {history!r} has a saved state (commit {head.short}, "
                        f"{when(head.time)}); %txpy restore brings it back")
 
@@ -155,8 +155,8 @@ class Extension:
         s = self.session
         assert s is not None and self.saved is not None
         head, branch = self.saved
-        if s.head is None or s.head.id != head.id or branch is None:
-            return
+        if s.head is None or s.head.id != head.id or branch is None or s.branch != branch:
+            return  # not on the saved state's branch (a kernel of its own already)
         name = self._kernel_branch()
         notify(f"this kernel's cells are saved on branch {name!r}; the saved state (commit "
                f"{head.short}) stays on {branch!r}: %txpy restore brings it back")
@@ -339,20 +339,28 @@ class TxpyMagics(Magics):
     def _do_restore(self, ref: str | None = None) -> None:
         ext, s = self.ext, self.session
         kept: dict[str, Any] = {}
+        source = ref
         if ref is None and ext.saved is not None:
             # a fresh kernel: the state found at start, not the cells this kernel committed
-            head, branch = ext.saved
-            ref = branch if branch is not None and s.branches().get(branch) == head.id \
+            head, source = ext.saved
+            ref = source if source is not None and s.branches().get(source) == head.id \
                 else head.id
             tree = s.repo.tree(head)
             kept = {n: v for n, v in ext.ip.user_ns.items()
                     if not ext.ignore(n) and n not in tree.names}
-        commit = s.restore(ref)
+        live = ext.lease is not None and not ext.lease.held
+        own = s.branch if live else None  # never move onto the branch of a live kernel
+        commit = s.restore(ref, on_branch=own)
         ext.ip.user_ns.update(kept)
         ext.moved()
         names = sorted(s.repo.tree(commit).names - s.unstored.keys())
-        print(f"restored {len(names)} names from commit {commit.short} ({when(commit.time)}): "
-              + ", ".join(names))
+        tip = f", tip of branch {source!r}" if source and s.branches().get(source) == commit.id \
+            and source != own else ""
+        print(f"restored {len(names)} names from commit {commit.short} ({when(commit.time)}"
+              f"{tip}): " + ", ".join(names))
+        if live:
+            print(f"another kernel is live on history {s.name!r}: this kernel goes on on its "
+                  f"own branch {own!r}")
         if kept:
             ext.save_all("restored")
             print("kept from this kernel (not in the saved state): " + ", ".join(sorted(kept)))
