@@ -107,6 +107,17 @@ def test_interrupted_async_wait_does_not_drop_a_write_that_succeeds(store):
     _fsck_ok(store)
 
 
+def _every_commit_holds_its_number(store, history, name):
+    """fsck passes, and every commit's array is full of the number in its message."""
+    _fsck_ok(store)
+    repo = Repository.open(store)
+    try:
+        for c in repo.log(history):
+            assert (txpy.load(store, history, c.id)[name] == int(c.message)).all()
+    finally:
+        repo.close()
+
+
 def _orphan(store, data: bytes) -> None:
     """Leave data's chunks in the store with no commit naming them, as a commit killed
     between its chunks and its record does (through a handle of its own, so the session's
@@ -183,13 +194,7 @@ def test_gc_racing_commits_never_removes_what_a_commit_relies_on(store):
         gc_thread.join()
         s.close()
     assert collected[0] > 0, "gc never ran between commits: the race was not exercised"
-    _fsck_ok(store)
-    repo = Repository.open(store)
-    try:
-        for c in repo.log("t"):
-            assert (txpy.load(store, "t", c.id)["value"] == int(c.message)).all()
-    finally:
-        repo.close()
+    _every_commit_holds_its_number(store, "t", "value")
 
 
 @pytest.mark.parametrize("durability", ["sync", "async"])
@@ -219,10 +224,4 @@ s.close()
         runs += 1
     assert writer.returncode == 0
     assert runs > 0
-    _fsck_ok(store)
-    repo = Repository.open(store)
-    try:
-        for c in repo.log("w"):
-            assert (txpy.load(store, "w", c.id)["v"] == int(c.message)).all()
-    finally:
-        repo.close()
+    _every_commit_holds_its_number(store, "w", "v")
