@@ -100,12 +100,14 @@ class _StatePickler(cloudpickle.Pickler):
         #: the module name the namespace's classes carry ("__main__" in a notebook)
         self._main = namespace.get("__name__") if namespace is not None else None
         self._top: Any = None
+        self._view_roots: dict[int, Any] = {}
         self._storages: dict[tuple[int, int], _StorageHolder] = {}
         self.storage_keys: set[int] = set()
         self.notes: list[str] = []
 
     def dump(self, obj: Any) -> None:
         self._top = obj
+        self._view_roots = _view_roots(obj)
         super().dump(obj)
 
     def reducer_override(self, obj: Any) -> Any:
@@ -120,6 +122,12 @@ class _StatePickler(cloudpickle.Pickler):
                 return reduced
         np = sys.modules.get("numpy")
         if np is not None and type(obj) is np.ndarray:
+            self.storage_keys.update(_memory_roots(np, obj))
+            root = _owner_array(np, obj)
+            if root is not obj and id(root) in self._view_roots and obj.dtype != object:
+                return _view_of, (root, obj.__array_interface__["data"][0]
+                                  - root.__array_interface__["data"][0], obj.shape,
+                                  obj.strides, obj.dtype, obj.flags.writeable)
             if obj.dtype == object:
                 data = _string_array_data(obj)
                 if data is not None:
@@ -370,6 +378,59 @@ def _string_array_data(arr: Any) -> bytes | None:
         del _string_cache[next(iter(_string_cache))]
     _string_cache[key] = (items, data)
     return data
+
+
+def _owner_array(np: Any, array: Any) -> Any:
+    """The ndarray at the end of array's chain of bases: the one whose memory it views."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _view_roots(top: Any) -> dict[int, Any]:
+    """Arrays whose views, in a component being pickled, are stored as views of them: those
+    that are themselves one of its values, or whose memory two of its values view. Any other
+    view is stored as a copy of what it shows (storing a whole base nobody named could cost
+    far more than the view)."""
+    np = sys.modules.get("numpy")
+    values = top if type(top) is tuple else (top,)
+    if np is None or len(values) < 2:
+        return {}
+    owners: dict[int, Any] = {}
+    roots: dict[int, Any] = {}
+    for v in values:
+        if type(v) is np.ndarray:
+            owner = _owner_array(np, v)
+            if owner is v or id(owner) in owners:
+                roots[id(owner)] = owner
+            owners[id(owner)] = owner
+    return roots
+
+
+def _view_of(root: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...],
+             dtype: Any, writeable: bool) -> Any:
+    """A view of root, as it was of root's memory before it was stored."""
+    import numpy as np
+
+    view = np.ndarray(shape, dtype, buffer=root, offset=offset, strides=strides)
+    if not writeable:
+        view.flags.writeable = False
+    return view
+
+
+def _memory_roots(np: Any, array: Any) -> tuple[int, ...]:
+    """Keys of the memory an ndarray lives in, so that names whose arrays share memory (views
+    of one base, np.frombuffer of one buffer, torch.from_numpy) are one co-variable: a change
+    through one is a change of the other. The id of the object owning the memory (an id, like
+    the shared objects'), and for memory numpy allocated, minus its address (a torch storage's
+    key: a tensor made by from_numpy shares it)."""
+    root = _owner_array(np, array)
+    owner = root.base
+    while isinstance(owner, memoryview):  # np.frombuffer: a fresh view of the buffer each time
+        owner = owner.obj
+    if owner is not None:  # memory numpy did not allocate (a bytearray, an mmap, a tensor...)
+        return (id(owner),)
+    return (id(root), -root.__array_interface__["data"][0])
 
 
 def _view_as(array: Any, dtype: Any) -> Any:
