@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import txpy
 from txpy import transaction
 from txpy.transaction import Transactions
 
@@ -86,3 +87,21 @@ def test_a_failed_commit_is_retried_before_the_next_transaction(session, monkeyp
             txns.rollback(txn, e)
             raise
     assert ns["xs"] == [1]  # the unsaved cell's append was saved by the retry, and kept
+
+
+def test_after_a_rollback_that_failed_the_next_commit_examines_every_name(session):
+    txns = Transactions(session, "cell")
+    ns = session.namespace
+    _run(txns, "xs = [1]\nys = [1]")
+    failing = compile("xs.append(2)\nys.append(2)\n1/0", "<cell>", "exec")
+    txn = txns.begin(failing, "")
+    with pytest.raises(ZeroDivisionError):
+        exec(failing, ns)
+    real = session.rollback
+    session.rollback = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    try:
+        assert txns.rollback(txn, ZeroDivisionError()) is None  # interrupted half-way
+    finally:
+        session.rollback = real
+    _run(txns, "z = 1")  # names neither xs nor ys: verify mode fails if they are not examined
+    assert txpy.load(session.repo.path, session.name)["xs"] == [1, 2]

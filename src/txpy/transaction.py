@@ -176,6 +176,7 @@ class Transactions:
             restored = s.rollback(cand)
         except (Exception, KeyboardInterrupt) as e:
             self.errors.append(e)
+            self._pending = None  # whatever it left half-done, the next commit sees it all
             s.notify(f"could not roll back after {why} ({type(e).__name__}: {one_line(e)}); "
                      f"the namespace is as the failed {self.unit} left it")
             return None
