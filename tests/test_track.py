@@ -217,3 +217,50 @@ def test_mutation_through_method_reached_via_instance_attribute_callback(nb):
     nb.cell("t.run()")
     fails(nb, "t.run()")
     assert nb.ns["hits"] == [1]
+
+
+def test_code_reached_through_library_wrappers_generators_and_lazy_calls_is_followed():
+    ns = {"__name__": "__main__"}
+    exec(textwrap.dedent("""
+        import contextlib, functools, torch
+        a, b, c, d, e = [], [], [], [], []
+        @contextlib.contextmanager
+        def ctx():
+            a.append(1)
+            yield
+        @functools.singledispatch
+        def show(x):
+            b.append(x)
+        @torch.no_grad()
+        def step():
+            c.append(1)
+        def produce():
+            while True:
+                d.append(1)
+                yield
+        gen = produce()
+        def keep(x):
+            e.append(x)
+        lazy = map(keep, [1, 2])
+    """), ns)
+    assert {"ctx", "a"} <= names("with ctx():\n    pass", ns)
+    assert {"show", "b"} <= names("show(1)", ns)
+    assert {"step", "c"} <= names("step()", ns)
+    assert {"gen", "d"} <= names("next(gen)", ns)
+    assert {"lazy", "e"} <= names("list(lazy)", ns)
+
+
+def test_reading_ipython_output_history_examines_everything():
+    ns = {"__name__": "__main__", "xs": [1], "_": None, "Out": {}}
+    ns["_"] = ns["xs"]
+    assert names("_.append(2)", ns) is None
+    assert names("Out[3].append(2)", ns) is None
+    assert names("for _ in range(3):\n    xs.append(1)", ns) == {"xs", "_"}
+
+
+def test_a_generator_mutating_a_global_in_a_later_cell_is_stored(nb):
+    nb.cell("log = []\ndef produce():\n    while True:\n        log.append(1)\n        yield\n"
+            "gen = produce()")
+    nb.cell("next(gen)")  # verify mode: log must be examined
+    nb.cell("next(gen)")
+    assert nb.ns["log"] == [1, 1]

@@ -45,6 +45,31 @@ _ATOMIC = (type(None), bool, int, float, complex, str, bytes, range, types.Modul
            types.MethodWrapperType, types.WrapperDescriptorType)
 
 
+#: Objects whose code is suspended and resumes later (next(gen), await, a later cell).
+_SUSPENDED = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+#: Lazy builtins that call a function when consumed; their __reduce__ gives it (public API).
+_LAZY_CALLS = frozenset({map, filter})
+
+
+def _frame_of(suspended: Any) -> types.FrameType | None:
+    for attribute in ("gi_frame", "cr_frame", "ag_frame"):
+        frame = getattr(suspended, attribute, None)
+        if frame is not None:
+            return frame
+    return None
+
+
+def _closed_over(func: types.FunctionType) -> list[Any]:
+    """The values in a function's closure cells (empty cells skipped)."""
+    values = []
+    for cell in func.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    return values
+
+
 class Dynamic(Exception):
     """The code can reach the namespace in a way static analysis cannot follow."""
 
@@ -174,16 +199,15 @@ class _Walker:
                 stack.extend(obj)
             elif isinstance(obj, types.FunctionType):
                 if obj.__globals__ is not self.ns:
-                    continue  # library code reaches only what it is given
+                    # library code reaches what it is given and what it closes over: the
+                    # wrapper a library decorator returns calls the notebook function in it
+                    stack.extend(_closed_over(obj))
+                    stack.append(obj.__dict__.get("__wrapped__"))
+                    continue
                 self._add_code(obj.__code__)
                 if self.ns.get(obj.__name__) is obj:
                     self._add_names((obj.__name__,))
-                if obj.__closure__:
-                    for cell in obj.__closure__:
-                        try:
-                            stack.append(cell.cell_contents)
-                        except ValueError:
-                            pass  # empty cell
+                stack.extend(_closed_over(obj))
                 stack.extend(obj.__defaults__ or ())
                 stack.extend((obj.__kwdefaults__ or {}).values())
                 stack.append(obj.__dict__)
@@ -198,6 +222,10 @@ class _Walker:
                 stack.append(obj.__func__)
             elif isinstance(obj, property):
                 stack.extend((obj.fget, obj.fset, obj.fdel))
+            elif isinstance(obj, _SUSPENDED):
+                self._walk_frame(_frame_of(obj), stack)
+            elif type(obj) in _LAZY_CALLS:  # map(f, xs), filter(f, xs): f runs when consumed
+                stack.extend(obj.__reduce__()[1])
             elif isinstance(obj, type):
                 if self._is_user_class(obj):
                     if self.ns.get(obj.__name__) is obj:
@@ -207,6 +235,14 @@ class _Walker:
                     stack.append(type(obj))  # a notebook metaclass
             else:
                 self._walk_instance(obj, t, stack)
+
+    def _walk_frame(self, frame: types.FrameType | None, stack: list[Any]) -> None:
+        """A suspended generator or coroutine: the rest of its body runs when it resumes."""
+        if frame is None:  # finished: nothing more runs
+            return
+        if frame.f_globals is self.ns:
+            self._add_code(frame.f_code)
+        stack.extend(frame.f_locals.values())
 
     def _walk_instance(self, obj: Any, t: type, stack: list[Any]) -> None:
         stack.append(t)

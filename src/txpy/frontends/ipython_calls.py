@@ -8,6 +8,7 @@ runs code given as text (``%time f(x)``); any other use of the shell can touch a
 from __future__ import annotations
 
 import dis
+import re
 import types
 from typing import Any
 
@@ -21,9 +22,15 @@ class _Dynamic(Exception):
     """The cell uses the shell in a way that can touch any name."""
 
 
+#: Output history: the values of earlier cells under other names (``_``, ``__``, ``_12``,
+#: ``Out[12]``); txpy does not track these names, so reading one may mutate anything.
+_OUTPUT_HISTORY = re.compile(r"_{1,3}|_\d+|Out|_oh")
+_LOADS = frozenset({"LOAD_NAME", "LOAD_GLOBAL"})
+
+
 def shell_calls(code: types.CodeType) -> frozenset[str] | None:
     """The names code reaches through IPython's shell calls; None if it cannot tell."""
-    if not _NAMESPACE_ATTRIBUTES.isdisjoint(code.co_names):
+    if not _NAMESPACE_ATTRIBUTES.isdisjoint(code.co_names) or _reads_output_history(code):
         return None
     if "get_ipython" not in code.co_names:
         return frozenset()
@@ -31,6 +38,14 @@ def shell_calls(code: types.CodeType) -> frozenset[str] | None:
         return frozenset(_shell_call_names(code))
     except _Dynamic:
         return None
+
+
+def _reads_output_history(code: types.CodeType) -> bool:
+    """Whether code reads ``_``, ``Out``… (a loop's ``for _ in`` only binds ``_``)."""
+    if not any(_OUTPUT_HISTORY.fullmatch(n) for n in code.co_names):
+        return False
+    return any(i.opname in _LOADS and _OUTPUT_HISTORY.fullmatch(i.argval)
+               for i in dis.get_instructions(code))
 
 
 #: IPython shell methods a transformed cell may call with constant arguments.
