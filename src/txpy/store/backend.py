@@ -58,6 +58,11 @@ class Backend(abc.ABC):
     def keys(self) -> Iterator[str]:
         """Every key present."""
 
+    @abc.abstractmethod
+    def sizes(self) -> dict[str, int]:
+        """{key: bytes stored} of every key, from one listing: a cheap check that what another
+        side holds under a key is what this side holds."""
+
 
 class LocalBackend(Backend):
     """A flat directory, one file per key.
@@ -71,10 +76,19 @@ class LocalBackend(Backend):
     TMP_PREFIX = ".tmp-"
     FSYNC_BATCH = 256
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], create: bool = True):
+        """create=False: the directory is made at the first write, so merely reading a
+        remote that does not exist leaves nothing behind."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._made = create
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self._prefix = str(self.root) + os.sep
+
+    def _make_root(self) -> None:
+        if not self._made:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._made = True
 
     def path(self, key: str) -> Path:
         return Path(self._file(key))
@@ -91,6 +105,7 @@ class LocalBackend(Backend):
         return os.path.exists(self._file(key))
 
     def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
+        self._make_root()
         pending: list[tuple[int, str, str]] = []
         written = 0
         try:
@@ -113,6 +128,7 @@ class LocalBackend(Backend):
         return written
 
     def create(self, key: str, data: bytes) -> bool:
+        self._make_root()
         tmp = f"{self._prefix}{self.TMP_PREFIX}{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -149,12 +165,24 @@ class LocalBackend(Backend):
         self.path(key).unlink(missing_ok=True)
 
     def keys(self) -> Iterator[str]:
-        for name in os.listdir(self.root):
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:  # a remote directory no one has written yet
+            return
+        for name in names:
             if not name.startswith(self.TMP_PREFIX):
                 yield name
 
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
+
+    def sizes(self) -> dict[str, int]:
+        try:
+            with os.scandir(self.root) as entries:
+                return {e.name: e.stat().st_size for e in entries
+                        if not e.name.startswith(self.TMP_PREFIX)}
+        except FileNotFoundError:
+            return {}
 
     def remove_temp_files(self) -> int:
         """Delete temp files left by writers that crashed mid-put; only safe under the store's
@@ -231,6 +259,10 @@ class SqliteBackend(Backend):
     def size(self, key: str) -> int:
         return len(self.get(key))
 
+    def sizes(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.conn.execute("SELECT key, length(body) FROM objects").fetchall())
+
     def close(self) -> None:
         self.conn.close()
 
@@ -279,6 +311,9 @@ class TieredBackend(Backend):
     def size(self, key: str) -> int:
         return self.small.size(key) if self.small.exists(key) else self.large.size(key)
 
+    def sizes(self) -> dict[str, int]:
+        return {**self.large.sizes(), **self.small.sizes()}
+
     def remove_temp_files(self) -> int:
         return self.large.remove_temp_files()
 
@@ -288,16 +323,21 @@ class TieredBackend(Backend):
 
 class FsspecBackend(Backend):
     """Any fsspec URL (s3://, gs://, az://, memory://, …). Object stores make each put atomic
-    (an object is wholly there or not), which is what write-once chunks and refs need."""
+    (an object is wholly there or not), which is what write-once chunks and refs need.
 
-    def __init__(self, url: str, **options: Any):
+    Keys are fanned out (``ab/cdef…``) so no listing is huge; fanout=False keeps them flat,
+    for a few named objects (a remote's marker) next to the fanned-out folders.
+    """
+
+    def __init__(self, url: str, fanout: bool = True, **options: Any):
         import fsspec  # only remotes need it; keeps `txpy` start-up fast
 
         self.fs, self.root = fsspec.core.url_to_fs(url, **options)
         self.root = self.root.rstrip("/")
+        self._fanout = fanout
 
     def path(self, key: str) -> str:
-        return f"{self.root}/{key[:2]}/{key[2:]}"
+        return f"{self.root}/{key[:2]}/{key[2:]}" if self._fanout else f"{self.root}/{key}"
 
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
@@ -326,26 +366,36 @@ class FsspecBackend(Backend):
             self.fs.rm_file(self.path(key))
 
     def keys(self) -> Iterator[str]:
+        return iter(self.sizes())
+
+    def sizes(self) -> dict[str, int]:
         self.fs.invalidate_cache()  # another process may have written since we last listed
         try:
-            found = self.fs.find(self.root)
+            if not self._fanout:
+                return {i["name"].rstrip("/").rpartition("/")[2]: i.get("size") or 0
+                        for i in self.fs.ls(self.root, detail=True)}
+            found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
-            return
+            return {}
         prefix = len(self.root) + 1
-        for p in found:
+        out = {}
+        for p, info in found.items():
             rel = p[prefix:] if p.startswith(self.root) else p
             fan, _, rest = rel.partition("/")
             if len(fan) == 2 and rest and "/" not in rest:
-                yield fan + rest
+                out[fan + rest] = info["size"]
+        return out
 
 
-def backend_for(url: str, **options: Any) -> Backend:
-    """A local directory (atomic via rename) for paths and file:// URLs, fsspec otherwise."""
+def backend_for(url: str, *, fanout: bool = True, create: bool = True,
+                **options: Any) -> Backend:
+    """A local directory (atomic via rename) for paths and file:// URLs, fsspec otherwise.
+    create=False: a local directory is made at the first write, not now."""
     if "://" not in url:
-        return LocalBackend(url)
+        return LocalBackend(url, create)
     if url.startswith("file://"):
-        return LocalBackend(url[len("file://"):])
-    return FsspecBackend(url, **options)
+        return LocalBackend(url[len("file://"):], create)
+    return FsspecBackend(url, fanout, **options)
 
 
 def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
