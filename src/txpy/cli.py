@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import load, porcelain
 from .errors import TxpyError
-from .remote import add_remote, get_remote
+from .remote import add_remote, fsck_remote, get_remote
 from .remote import clone as remote_clone
 from .remote import pull as remote_pull
 from .remote import push as remote_push
@@ -129,13 +129,21 @@ def gc(store: Path | None) -> None:
 
 
 @main.command()
+@click.option("--remote", "remote_name", default=None,
+              help="Check this remote (every ref, commit record and chunk) instead.")
 @store_option
 @_friendly
-def fsck(store: Path | None) -> None:
+def fsck(remote_name: str | None, store: Path | None) -> None:
     """Verify every commit, record and chunk against its hash and signature."""
+    repo = _open(store)
     with console.status("checking...") as progress:
-        checked = porcelain.fsck(_open(store), lambda i, n: progress.update(
-            f"checking commit {i + 1}/{n}"))
+        def update(i: int, n: int) -> None:
+            progress.update(f"checking commit {i + 1}/{n}")
+
+        if remote_name is None:
+            checked = porcelain.fsck(repo, update)
+        else:
+            checked = porcelain.Fsck(fsck_remote(get_remote(repo, remote_name)[1], update))
     echo(checked.lines())
     if not checked.ok:
         sys.exit(1)
@@ -226,16 +234,25 @@ def remote_list(store: Path | None) -> None:
 
 @main.command()
 @click.argument("remote_name", required=False)
-@click.argument("history", required=False)
+@click.argument("branch", required=False)
+@click.option("--verify", is_flag=True,
+              help="Re-check everything the remote holds for these branches; re-send what "
+                   "is damaged.")
 @store_option
+@history_option
 @_friendly
-def push(remote_name: str | None, history: str | None, store: Path | None) -> None:
-    """Copy commits and missing chunks to a remote (default: origin), then move its branches."""
+def push(remote_name: str | None, branch: str | None, verify: bool, store: Path | None,
+         history: str | None) -> None:
+    """Copy commits and missing chunks to a remote (default: origin), then move its branches:
+    every branch, or only BRANCH; BRANCH:NEW publishes BRANCH as a new remote branch NEW."""
     repo = _open(store)
     name, target = get_remote(repo, remote_name)
     porcelain.history_named(repo, history)
+    if branch is not None and porcelain.names_history(repo, branch):
+        history, branch = branch, None  # `txpy push origin HISTORY`, as before branches
     with _progress(f"push to {name}:") as progress:
-        stats = remote_push(repo, target, [history] if history else None, progress)
+        stats = remote_push(repo, target, [history] if history else None, progress,
+                            spec=branch, verify=verify)
     echo(porcelain.transferred(f"pushed to {name}:", stats))
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .errors import TxpyError, UnknownRefError
 from .humanize import WIDTH, size, when, wrap
 from .model import ANY_NAME, Commit, Tree, Unstored
-from .remote import TransferStats
+from .remote import Repair, TransferStats
 from .repo import FsckReport, Repository, diff_trees, looks_like_id
 
 #: names a log line lists for one commit; the rest are counted
@@ -34,6 +34,13 @@ def history_named(repo: Repository, history: str | None) -> str | None:
                             f"{', '.join(names) or 'none'}")
         return history
     return names[0] if len(names) == 1 else None
+
+
+def names_history(repo: Repository, name: str) -> bool:
+    """Whether name, where a branch may stand (`txpy push origin NAME`), means a history:
+    one is called so and no history has a branch of that name."""
+    histories = repo.histories()
+    return name in histories and not any(name in repo.refs.branches(h) for h in histories)
 
 
 def resolve(repo: Repository, history: str | None, ref: str) -> Commit:
@@ -305,11 +312,27 @@ def trusted(repo: Repository) -> list[str]:
 
 
 def transferred(verb: str, stats: TransferStats) -> list[str]:
-    """What one push, pull or clone moved; verb says which and where ("pushed to origin:")."""
+    """What one push, pull or clone moved; verb says which and where ("pushed to origin:");
+    then any damage it found on the remote, and any branch that diverged from the remote's."""
     text = f"{verb} {stats.commits} commits, {stats.objects} chunks, {size(stats.bytes)}"
     if stats.branches:
         text += "; branches: " + ", ".join(stats.branches)
-    return wrap(text.split())
+    lines = wrap(text.split()) + _repaired(stats.repair)
+    for d in stats.diverged:
+        base = f"at {d.base[:12]}" if d.base else "(no common commit)"
+        lines += wrap(f"your {d.branch} and {d.remote}/{d.branch} ({d.history}) diverged "
+                      f"{base}. Session states do not merge like text; to keep both, push "
+                      f"yours as a branch: txpy push {d.remote} {d.branch}:NAME".split())
+    return lines
+
+
+def _repaired(r: Repair) -> list[str]:
+    if not r.damaged:
+        return []
+    text = f"the remote was damaged: {r.damaged} of {r.checked} objects checked"
+    text += (f"; {r.damaged - r.unrepaired} re-sent" if r.damaged > r.unrepaired else "")
+    text += (f"; {r.unrepaired} this store cannot replace" if r.unrepaired else "")
+    return wrap((text + "; `txpy fsck --remote NAME` checks all of it").split())
 
 
 def names_line(lead: str, names: Iterable[str]) -> list[str]:

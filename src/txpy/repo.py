@@ -346,46 +346,57 @@ class Repository:
         """Verify every commit, tree, manifest and chunk; report what any damage affects.
         progress(i, n) is called before commit i of n is checked."""
         report = FsckReport()
-        verified: dict[str, str | None] = {}  # key -> problem or None
-
-        def check(key: str) -> str | None:
-            if key not in verified:
-                try:
-                    self.chunks.get(key)
-                    verified[key] = None
-                except CorruptStoreError as e:
-                    verified[key] = str(e)
-            return verified[key]
-
+        check = ChunkChecker(self.chunks)
         ids = self.meta.commit_ids()
         for i, cid in enumerate(ids):
             if progress:
                 progress(i, len(ids))
             report.commits += 1
-            report.damage.extend(self._damage(cid, check))
-        report.chunks = len(verified)
+            try:
+                commit = self.read_commit(cid)
+            except CorruptStoreError as e:
+                report.damage.append(Damage(cid, "?", str(e)))
+                continue
+            report.damage.extend(commit_damage(commit, self.chunks, check))
+        report.chunks = len(check.verified)
         return report
 
-    def _damage(self, cid: str, check: Callable[[str], str | None]) -> list[Damage]:
-        """What is wrong with commit cid and everything it refers to, by the names affected."""
-        try:
-            commit = self.read_commit(cid)
-        except CorruptStoreError as e:
-            return [Damage(cid, "?", str(e))]
-        problem = check(commit.tree)
+
+class ChunkChecker:
+    """Verifies each chunk once (fsck of a store or of a remote): a problem, or None."""
+
+    def __init__(self, chunks: ChunkStore):
+        self.chunks = chunks
+        self.verified: dict[str, str | None] = {}  # key -> problem or None
+
+    def __call__(self, key: str) -> str | None:
+        if key not in self.verified:
+            try:
+                self.chunks.get(key)
+                self.verified[key] = None
+            except CorruptStoreError as e:
+                self.verified[key] = str(e)
+        return self.verified[key]
+
+
+def commit_damage(commit: Commit, chunks: ChunkStore, check: Callable[[str], str | None]
+                  ) -> list[Damage]:
+    """What is wrong with everything a (verified) commit refers to, by the names affected."""
+    problem = check(commit.tree)
+    if problem:
+        return [Damage(commit.id, commit.history, f"tree: {problem}")]
+    tree = Tree.from_bytes(chunks.get(commit.tree))
+    by_component: dict[str, list[str]] = {}
+    for name, comp in tree.components.items():
+        by_component.setdefault(comp, []).append(name)
+    if tree.rng:
+        by_component.setdefault(tree.rng, []).append("<random generators and settings>")
+    damage = []
+    for comp, names in by_component.items():
+        problem = check(comp)
+        if problem is None:
+            manifest = ComponentManifest.from_bytes(chunks.get(comp))
+            problem = next(filter(None, map(check, manifest.chunk_keys())), None)
         if problem:
-            return [Damage(cid, commit.history, f"tree: {problem}")]
-        tree = self.tree(commit)
-        by_component: dict[str, list[str]] = {}
-        for name, comp in tree.components.items():
-            by_component.setdefault(comp, []).append(name)
-        if tree.rng:
-            by_component.setdefault(tree.rng, []).append("<random generator state>")
-        damage = []
-        for comp, names in by_component.items():
-            problem = check(comp)
-            if problem is None:
-                problem = next(filter(None, map(check, self.manifest(comp).chunk_keys())), None)
-            if problem:
-                damage.append(Damage(cid, commit.history, problem, tuple(sorted(names))))
-        return damage
+            damage.append(Damage(commit.id, commit.history, problem, tuple(sorted(names))))
+    return damage
