@@ -65,7 +65,7 @@ class Unstored:
 @dataclass(frozen=True)
 class Tree:
     """The whole state of a commit: each name's component and fingerprint, plus what was not
-    stored and the global random generators' component."""
+    stored and the component of global state (random generators, library settings)."""
 
     components: dict[str, str]  # name -> component (manifest) key
     fingerprints: dict[str, str]  # name -> fingerprint of that name's value alone

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from . import env, interrupts, rng
+from . import env, globalstate, interrupts
 from .components import (
     ComponentWriter,
     Fingerprint,
@@ -38,6 +38,7 @@ from .model import ANY_NAME, Commit, Diff, Tree, Unstored
 from .repo import Repository
 from .store.backend import Bytes
 
+#: the component of global state (random generators, library settings) in every tree
 RNG_NAME = "<random generators>"
 #: Loads and writes at least this big are announced (a pause of about a second or more here).
 ANNOUNCE_BYTES = 256 << 20
@@ -318,7 +319,7 @@ class Session:
             key = key_for(group, fp)
             for n in group:
                 components[n] = key
-        rng_key = key_for((RNG_NAME,), fingerprint(encode(rng.capture(), None,
+        rng_key = key_for((RNG_NAME,), fingerprint(encode(globalstate.capture(), None,
                                                           collect_shared=False)))
         earlier = self._tree.kinds if self._tree else {}
         kinds = {n: describe(current[n]) if n in examine else earlier[n]
@@ -481,15 +482,17 @@ class Session:
         return {n for group in failed for n in group}
 
     def _restore_rng(self, tree: Tree) -> None:
-        """Put the global random generators back; if their component cannot be loaded, say so
-        and leave them as they are."""
+        """Put the global random generators and library settings back; what cannot be put
+        back here is said, and left as it is."""
         if not tree.rng:
             return
         try:
             state = decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
-            rng.restore(state)
+            failed = globalstate.restore(state)
         except Exception as e:
-            self.notify(not_restored_line({(RNG_NAME,): reason_of(e)}))
+            failed = {RNG_NAME: reason_of(e)}
+        if failed:
+            self.notify(not_restored_line({(name,): why for name, why in failed.items()}))
 
     def _announce(self, verb: str, nbytes: int) -> None:
         """Say so before work on big data, so that a long pause is explained."""

@@ -1,0 +1,117 @@
+"""State outside the namespace that a session's results depend on: the global random
+generators and library settings (numpy's error handling and print options, torch's default
+dtype and grad mode, scikit-learn's config, warnings filters, logging levels).
+
+A rolled-back or restored session must go on as an uninterrupted one would: the same random
+stream, the same dtype for new tensors, the same warnings turned into errors. Each provider
+captures a small state, only from a module the user already imported (nothing is imported to
+capture it), and puts it back; they are stored together as one component, next to the
+namespace's. A provider whose state cannot be put back here is reported; the others are
+restored. Logging handlers and formatters hold streams and are not captured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One piece of global state: where it lives and how to read and set it."""
+
+    name: str  # its key in the stored state (the first three predate the others)
+    module: str  # captured only once this module is imported
+    capture: Callable[[Any], Any]
+    restore: Callable[[Any, Any], None]
+
+
+def _warnings_filters(warnings: Any) -> list[Any]:
+    # a filter on a notebook-defined warning class would not unpickle elsewhere: left out
+    return [f for f in warnings.filters if getattr(f[2], "__module__", "") != "__main__"]
+
+
+def _set_warnings_filters(warnings: Any, filters: list[Any]) -> None:
+    """Through the public API, which also drops the caches of warnings already shown."""
+    ours = [f for f in warnings.filters if getattr(f[2], "__module__", "") == "__main__"]
+    warnings.resetwarnings()
+    for action, message, category, module, lineno in ours + list(filters):
+        if message is None and module is None:
+            warnings.simplefilter(action, category, lineno, append=True)
+        else:
+            warnings.filterwarnings(action, _pattern(message), category, _pattern(module),
+                                    lineno, append=True)
+
+
+def _pattern(regex: Any) -> str:
+    """A filter's message or module: a compiled regex, a plain string (some filters Python
+    or pytest install), or None (any)."""
+    return getattr(regex, "pattern", regex) or ""
+
+
+def _logging_levels(logging_module: Any) -> dict[str, int]:
+    loggers = logging_module.root.manager.loggerDict
+    levels = {name: lg.level for name, lg in list(loggers.items())
+              if isinstance(lg, logging_module.Logger) and lg.level != logging_module.NOTSET}
+    levels[""] = logging_module.root.level
+    return levels
+
+
+def _set_logging_levels(logging_module: Any, levels: dict[str, int]) -> None:
+    """Loggers not created yet are created with their level (a library's getLogger later
+    finds them set), the others not captured go back to NOTSET (inherit)."""
+    for name, lg in list(logging_module.root.manager.loggerDict.items()):
+        if isinstance(lg, logging_module.Logger) and name not in levels:
+            lg.setLevel(logging_module.NOTSET)
+    for name, level in levels.items():
+        (logging_module.getLogger(name) if name else logging_module.root).setLevel(level)
+
+
+def _torch_rng(torch: Any) -> Any:
+    return torch.get_rng_state() if hasattr(torch, "get_rng_state") else None
+
+
+PROVIDERS = (
+    Provider("random", "random", lambda m: m.getstate(), lambda m, s: m.setstate(s)),
+    Provider("numpy", "numpy.random", lambda m: m.get_state(), lambda m, s: m.set_state(s)),
+    Provider("torch", "torch", _torch_rng, lambda m, s: m.set_rng_state(s)),
+    Provider("numpy errors", "numpy", lambda m: m.geterr(), lambda m, s: m.seterr(**s)),
+    Provider("numpy print options", "numpy", lambda m: m.get_printoptions(),
+             lambda m, s: m.set_printoptions(**s)),
+    Provider("torch default dtype", "torch", lambda m: m.get_default_dtype(),
+             lambda m, s: m.set_default_dtype(s)),
+    Provider("torch grad mode", "torch", lambda m: m.is_grad_enabled(),
+             lambda m, s: m.set_grad_enabled(s)),
+    Provider("scikit-learn config", "sklearn", lambda m: m.get_config(),
+             lambda m, s: m.set_config(**s)),
+    Provider("warnings filters", "warnings", _warnings_filters, _set_warnings_filters),
+    Provider("logging levels", "logging", _logging_levels, _set_logging_levels),
+)
+
+
+def capture() -> dict[str, Any]:
+    """The state of every provider whose module is imported."""
+    state: dict[str, Any] = {}
+    for p in PROVIDERS:
+        module = sys.modules.get(p.module)  # not hasattr(numpy, ...): that imports it
+        if module is not None:
+            value = p.capture(module)
+            if value is not None:
+                state[p.name] = value
+    return state
+
+
+def restore(state: dict[str, Any]) -> dict[str, str]:
+    """Put captured state back; return {provider: why} for those that could not be."""
+    failed = {}
+    for p in PROVIDERS:
+        if p.name in state:
+            try:
+                p.restore(importlib.import_module(p.module), state[p.name])
+            except Exception as e:  # one setting that no longer applies costs only itself
+                failed[p.name] = f"{type(e).__name__}: {e}"
+    return failed
+
