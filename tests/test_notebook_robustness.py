@@ -208,3 +208,14 @@ def test_a_third_kernel_restores_without_taking_over_a_live_kernels_branch(ip, c
     finally:
         first.ext.detach()
         second.ext.detach()
+
+
+def test_warnings_turned_into_errors_do_not_break_a_commit(ip, capsys):
+    ext = loaded(ip)
+    run(ip, "import warnings, threading\nwarnings.filterwarnings('error')")
+    capsys.readouterr()
+    assert run(ip, "lock = threading.Lock()\nkept = [1, 2]").success
+    assert any("'lock' is not stored" in line for line in txpy_lines(capsys))
+    tree = ext.session.repo.tree(ext.session.head)
+    assert "kept" in tree.components and "lock" in tree.unstored and ext.errors == []
+    run(ip, "warnings.resetwarnings()")
