@@ -88,6 +88,24 @@ class Encoded:
     #: shared came from the pickler's memo, so it may hold the pickler's temporaries too (a
     #: walk of the object graph only finds objects the value holds)
     from_memo: bool = False
+    #: what stands as a NotStored placeholder inside the value ("a generator", "an open file")
+    placeholders: list[str] = field(default_factory=list)
+
+
+class NotStored:
+    """Stands, in a restored value, for a part txpy could not store (a generator, an open
+    file...): the rest of the value is restored, and this says what is missing."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<not stored by txpy: {self.what}>"
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return NotStored, (self.what,)
 
 
 class _StatePickler(cloudpickle.Pickler):
@@ -104,6 +122,7 @@ class _StatePickler(cloudpickle.Pickler):
         self._storages: dict[tuple[int, int], _StorageHolder] = {}
         self.storage_keys: set[int] = set()
         self.notes: list[str] = []
+        self.placeholders: list[str] = []
 
     def dump(self, obj: Any) -> None:
         self._top = obj
@@ -136,6 +155,13 @@ class _StatePickler(cloudpickle.Pickler):
                 # numpy pickles datetimes in band (a copy in the stream); as int64 they go out
                 return _view_as, (obj.view(np.int64), obj.dtype)
         cls = type(obj)
+        if cls in _LOCKS and not self._is_top(obj):  # a lock alone is not stored at all
+            self.notes.append("a lock is restored as a new, unlocked one")
+            return _new_lock, (cls is _LOCKS[1],)
+        what = _unstorable(obj)
+        if what is not None and not self._is_top(obj):
+            self.placeholders.append(what)
+            return NotStored, (what,)
         if cls is _LRU_WRAPPER:
             return self._lru_cache_reduce(obj)
         if self._main is not None and getattr(cls, "__module__", None) == self._main \
@@ -380,6 +406,41 @@ def _string_array_data(arr: Any) -> bytes | None:
     return data
 
 
+_LOCKS = (type(threading.Lock()), type(threading.RLock()))
+#: Types whose objects cannot be pickled nor rebuilt from data: inside a value, a NotStored
+#: placeholder stands for them, so the rest of the value is stored (types by module, looked
+#: up only if that module is imported)
+_UNSTORABLE = {"types": ("GeneratorType", "CoroutineType", "AsyncGeneratorType", "FrameType",
+                         "TracebackType"),
+               # open files (io.StringIO and io.BytesIO pickle: they are not listed)
+               "io": ("FileIO", "BufferedReader", "BufferedWriter", "BufferedRandom",
+                      "TextIOWrapper"),
+               "socket": ("socket",), "sqlite3": ("Connection", "Cursor"),
+               "threading": ("Thread",)}
+
+
+#: type -> whether it is unstorable: the encoder asks for every object it reduces (a figure
+#: with thousands of artists), so once per type. A type seen before a module was imported
+#: cannot be a subclass of that module's types.
+_unstorable_types: dict[type, bool] = {}
+
+
+def _unstorable(obj: Any) -> str | None:
+    """The type name of obj, if objects of its type can never be stored (a generator)."""
+    cls = type(obj)
+    found = _unstorable_types.get(cls)
+    if found is None:
+        kinds = tuple(k for module_name, names in _UNSTORABLE.items()
+                      if (module := sys.modules.get(module_name)) is not None
+                      for k in (getattr(module, n, None) for n in names) if isinstance(k, type))
+        found = _unstorable_types[cls] = issubclass(cls, kinds)
+    return cls.__name__ if found else None
+
+
+def _new_lock(reentrant: bool) -> Any:
+    return threading.RLock() if reentrant else threading.Lock()
+
+
 def _owner_array(np: Any, array: Any) -> Any:
     """The ndarray at the end of array's chain of bases: the one whose memory it views."""
     while isinstance(array.base, np.ndarray):
@@ -451,6 +512,8 @@ def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: b
 
     Deep graphs that overflow the recursion limit are retried on a thread with a large stack.
     """
+    if value is namespace and namespace is not None:  # G = globals(): the namespace itself
+        value = _NAMESPACE
     try:
         return _encode(value, namespace, collect_shared)
     except RecursionError:
@@ -486,7 +549,7 @@ def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: boo
         shared = (graph.shared_in_memo(pickler.memo.copy(), namespace) if from_memo
                   else graph.reachable_shared(value, namespace))
     return Encoded(stream, buffers, shared, pickler.notes, pickler.storage_keys, widths,
-                   from_memo)
+                   from_memo, pickler.placeholders)
 
 
 def _reason(e: Exception) -> str:

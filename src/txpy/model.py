@@ -73,6 +73,8 @@ class Tree:
     rng: str | None = None
     #: name -> what it is, for people (`txpy show`): "ndarray float64 (1000, 3)", "list len 12"
     kinds: dict[str, str] = field(default_factory=dict)
+    #: name -> what it holds that could not be stored ("generator"): stored with placeholders
+    partial: dict[str, str] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         raw: dict[str, Any] = {
@@ -81,8 +83,11 @@ class Tree:
             "unstored": {n: [u.type_name, u.reason] for n, u in self.unstored.items()},
             "rng": self.rng,
         }
-        if self.kinds:  # absent from trees written before it existed; older txpy ignores it
+        # absent from trees written before they existed; an older txpy ignores them
+        if self.kinds:
             raw["kinds"] = self.kinds
+        if self.partial:
+            raw["partial"] = self.partial
         return canonical_json(raw)
 
     @classmethod
@@ -94,6 +99,7 @@ class Tree:
             unstored={n: Unstored(*u) for n, u in raw["unstored"].items()},
             rng=raw["rng"],
             kinds=raw.get("kinds", {}),
+            partial=raw.get("partial", {}),
         )
 
     @property

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -278,6 +279,10 @@ class Session:
             value = current[n]
             try:
                 prints[n] = fingerprint(encode(value, self.namespace, collect_shared=True))
+                held = prints[n].encoded.placeholders
+                if held:
+                    self._say_once(n, f"{n!r} is stored without the {', '.join(sorted(set(held)))}"
+                                      " it holds (a restore puts a placeholder there)")
             except UnpicklableError as e:
                 unstored[n] = Unstored(type(value).__name__, str(e))
                 self._say_once(n, f"{n!r} is not stored ({type(value).__name__}: {e}); "
@@ -321,10 +326,14 @@ class Session:
                 components[n] = key
         rng_key = key_for((RNG_NAME,), fingerprint(encode(globalstate.capture(), None,
                                                           collect_shared=False)))
-        earlier = self._tree.kinds if self._tree else {}
-        kinds = {n: describe(current[n]) if n in examine else earlier[n]
-                 for n in current if n in examine or n in earlier}
-        return Tree(components, digests, unstored, rng_key, kinds), staged
+        earlier = self._tree or Tree({}, {})
+        kinds = {n: describe(current[n]) if n in examine else earlier.kinds[n]
+                 for n in current if n in examine or n in earlier.kinds}
+        partial = {n: ", ".join(sorted(set(prints[n].encoded.placeholders)))
+                   if n in examine else earlier.partial[n]
+                   for n in components if (n in prints and prints[n].encoded.placeholders)
+                   or (n not in examine and n in earlier.partial)}
+        return Tree(components, digests, unstored, rng_key, kinds, partial), staged
 
     def _writes(self, tree: Tree, current: dict[str, Any], examine: set[str]
                 ) -> tuple[str, ...]:
@@ -380,9 +389,15 @@ class Session:
                     same = False
                 if not same:
                     changed.add(n)
-        failed = self._apply(tree, changed, current)
+        # values holding what txpy cannot store (a generator) would come back without it
+        keep = {n for n in changed & current.keys() if n in tree.partial}
+        if keep:
+            self.notify("kept as they are (they hold what txpy cannot store, so they cannot be "
+                        "rolled back): " + ", ".join(f"{n} ({tree.partial[n]})"
+                                                     for n in sorted(keep)))
+        failed = self._apply(tree, changed - keep, current, keep)
         self._restore_rng(tree)
-        return sorted(changed - failed)
+        return sorted(changed - failed - keep)
 
     # --- checkout / restore --------------------------------------------------------------
     def checkout(self, ref: str) -> Commit:
@@ -446,8 +461,10 @@ class Session:
         self.repo.refs.set_head(self.name, branch, target.id)
         self._branch, self._head, self._tree = branch, target, tree
 
-    def _apply(self, tree: Tree, names: set[str], current: dict[str, Any]) -> set[str]:
-        """Rebind names to their values in tree (whole components), delete names tree lacks.
+    def _apply(self, tree: Tree, names: set[str], current: dict[str, Any],
+               keep: AbstractSet[str] = frozenset()) -> set[str]:
+        """Rebind names to their values in tree (whole components, except names in keep),
+        delete names tree lacks.
 
         Partial: a component that cannot be loaded (a damaged chunk, a package missing here,
         its own code raising) leaves its names as they are, and one line says why; every
@@ -458,6 +475,7 @@ class Session:
         loaded: set[str] = set()
 
         def bind(values: dict[str, Any]) -> None:
+            values = {n: v for n, v in values.items() if n not in keep}
             self.namespace.update(values)
             loaded.update(values)
 
@@ -465,6 +483,8 @@ class Session:
                                         self.notify))
         failed = {names: reason_of(e) for names, e in unreadable.items()}
         unloaded = {n for group in failed for n in group}
+        for n in keep:
+            self._known.forget(n)  # it may differ from HEAD now: the next commit looks
         for n in names | loaded | unloaded:
             if n in tree.unstored:
                 if n not in current:
@@ -477,6 +497,10 @@ class Session:
         if kept:
             self.notify("kept as they are (never stored, cannot be rolled back): "
                         + ", ".join(kept))
+        partial = sorted(n for n in loaded if n in tree.partial)
+        if partial:
+            self.notify("restored without what txpy cannot store (a placeholder stands in): "
+                        + ", ".join(f"{n} ({tree.partial[n]})" for n in partial))
         if failed:
             self.notify(not_restored_line(failed))
         return {n for group in failed for n in group}

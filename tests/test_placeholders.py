@@ -1,0 +1,75 @@
+"""A stored value reached through an unstorable one (issue 14, class 3): a dict holding a
+generator, an object holding a lock or a file, ``G = globals()`` are stored, with what cannot
+be stored replaced by a placeholder that says so, instead of not being stored at all."""
+
+import threading
+
+import pytest
+
+import txpy
+from conftest import run
+from txpy.encode import NotStored
+
+
+def test_the_storable_parts_of_a_value_are_stored_and_the_rest_is_named(session, store):
+    said = []
+    session.notify = said.append
+    ns = session.namespace
+    run(ns, """
+        def counter():
+            n = 0
+            while True:
+                n += 1
+                yield n
+        box = {"gen": counter(), "data": [1, 2]}
+    """)
+    session.commit()
+    ns["box"]["data"].append(3)
+    session.commit()
+    assert any("'box' is stored without the generator" in m for m in said), said
+    state = txpy.load(store, "t")
+    assert state["box"]["data"] == [1, 2, 3]
+    assert isinstance(state["box"]["gen"], NotStored) and "generator" in repr(state["box"]["gen"])
+    assert "box" not in session.unstored
+
+
+def test_an_object_holding_a_lock_comes_back_with_a_new_lock(session, store):
+    ns = session.namespace
+    run(ns, """
+        import threading
+        class Cache:
+            def __init__(self):
+                self.lock = threading.Lock()
+                self.items = {}
+        cache = Cache()
+        cache.items["a"] = 1
+    """)
+    session.commit()
+    with pytest.raises(ValueError), session.transaction():
+        ns["cache"].items["b"] = 2
+        raise ValueError
+    assert ns["cache"].items == {"a": 1}  # it rolls back like any value
+    restored = txpy.load(store, "t")["cache"]
+    assert restored.items == {"a": 1} and isinstance(restored.lock, type(threading.Lock()))
+
+
+def test_a_handle_on_the_namespace_comes_back_as_the_restoring_namespace(session, store):
+    ns = session.namespace
+    run(ns, "G = globals()\nx = 1")
+    session.commit()
+    state = txpy.load(store, "t")
+    assert state["G"] is state and state["x"] == 1
+
+
+def test_a_rollback_keeps_a_value_holding_a_generator_as_it_is_and_says_so(session):
+    said = []
+    session.notify = said.append
+    ns = session.namespace
+    run(ns, "gen = (i for i in range(10))\nbox = {'gen': gen, 'data': [1]}\nother = [1]")
+    session.commit()
+    with pytest.raises(ValueError), session.transaction():
+        ns["box"]["data"].append(2)
+        ns["other"].append(2)
+        raise ValueError
+    assert ns["box"]["gen"] is ns["gen"] and ns["other"] == [1]
+    assert any("kept as they are" in m and "box (generator)" in m for m in said), said
