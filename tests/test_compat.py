@@ -27,6 +27,7 @@ from txpy.compat import (
     cloudpickle_function_state,
     cloudpickle_make_skeleton_class,
     cloudpickle_skeleton_bases,
+    cloudpickle_with_slots,
     copyreg_newobj,
     copyreg_slotnames,
     forget_line_magic,
@@ -179,3 +180,14 @@ def test_importing_txpy_against_a_changed_cloudpickle_fails_in_one_clear_line(ta
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("txpy.compat.UnsupportedVersionError: ") and message in last
+
+
+def test_a_skeleton_class_made_with_slots_has_slot_descriptors():
+    ns = {"__name__": "__main__"}
+    exec("class P:\n    __slots__ = ('x',)\n", ns)
+    cls = ns["P"]
+    reduced = cloudpickle_with_slots(
+        cloudpickle.Pickler(io.BytesIO()).reducer_override(cls), ("x",))
+    assert cloudpickle_skeleton_bases(reduced) == (object,)
+    rebuilt = reduced[0](*reduced[1])
+    assert "x" in vars(rebuilt) and not hasattr(rebuilt(), "__dict__")

@@ -97,6 +97,16 @@ def cloudpickle_skeleton_bases(reduced: Any) -> tuple[type, ...] | None:
     return reduced[1][2]
 
 
+def cloudpickle_with_slots(reduced: Any, slots: Any) -> Any:
+    """A skeleton-class reduction (see cloudpickle_skeleton_bases) whose class is created with
+    ``__slots__``: cloudpickle 3.x creates it without them and sets ``__slots__`` as a plain
+    attribute afterwards, so restored instances get a ``__dict__`` and no slot descriptors.
+    The slots go into ``type_kwargs`` (argument 3), the namespace the class is created with."""
+    args = list(reduced[1])
+    args[3] = {**args[3], "__slots__": slots}
+    return (reduced[0], tuple(args), *reduced[2:])
+
+
 def cloudpickle_function_state(func: types.FunctionType
                                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """cloudpickle's ``_function_getstate`` (cloudpickle 3.x) without the globals (a restored

@@ -38,6 +38,7 @@ from .compat import (
     cloudpickle_function_state,
     cloudpickle_make_skeleton_class,
     cloudpickle_skeleton_bases,
+    cloudpickle_with_slots,
     copyreg_newobj,
     copyreg_slotnames,
 )
@@ -123,6 +124,7 @@ class _StatePickler(cloudpickle.Pickler):
         self.storage_keys: set[int] = set()
         self.notes: list[str] = []
         self.placeholders: list[str] = []
+        self._cells: dict[int, types.CellType] = {}  # a closure cell -> the one that replaces it
 
     def dump(self, obj: Any) -> None:
         self._top = obj
@@ -180,6 +182,9 @@ class _StatePickler(cloudpickle.Pickler):
         bases = cloudpickle_skeleton_bases(reduced)
         if bases is None:
             return reduced
+        slots = type.__getattribute__(cls, "__dict__").get("__slots__")
+        if slots is not None:
+            reduced = cloudpickle_with_slots(reduced, slots)
         hooked = _namespace_hooked(bases, self._namespace)
         if not hooked:
             return reduced
@@ -221,6 +226,14 @@ class _StatePickler(cloudpickle.Pickler):
 
     def _namespace_function_reduce(self, func: types.FunctionType) -> Any:
         code, _, _, _, closure = cloudpickle_function_newargs(self, func)
+        if func.__closure__:
+            # cloudpickle gives each function fresh empty cells (filled by its state): one
+            # per cell the functions share, so closures that shared a cell (a nonlocal
+            # counter and its reader) still share it after a restore; and they are one
+            # co-variable (the cell is a memory they share)
+            closure = tuple(self._cells.setdefault(id(c), types.CellType())
+                            for c in func.__closure__)
+            self.storage_keys.update(map(id, func.__closure__))
         return (types.FunctionType, (code, _NAMESPACE, None, None, closure),
                 cloudpickle_function_state(func), None, None, cloudpickle_function_setstate)
 

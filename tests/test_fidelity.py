@@ -1,0 +1,58 @@
+"""Values that must come back as they were (issue 14, class 7): classes with __slots__ and
+closures sharing a cell, restored in a new process."""
+
+import subprocess
+import sys
+import textwrap
+
+from conftest import run
+
+
+def _in_new_process(store, code):
+    script = f"import txpy\nst = txpy.load({str(store)!r}, 't')\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True).stdout.split()
+
+
+def test_a_class_with_slots_comes_back_with_slots(session, store):
+    run(session.namespace, """
+        class Point:
+            __slots__ = ("x", "y")
+            def __init__(self, x, y):
+                self.x, self.y = x, y
+        p = Point(1, 2)
+    """)
+    session.commit()
+    out = _in_new_process(store, """
+        p = st["p"]
+        try:
+            p.z = 3
+            print("no-slots")
+        except AttributeError:
+            print("slots")
+        print(hasattr(p, "__dict__"), p.x + p.y)
+    """)
+    assert out == ["slots", "False", "3"]
+
+
+def test_closures_that_share_a_cell_still_share_it(session, store):
+    run(session.namespace, """
+        def make():
+            count = 0
+            def bump():
+                nonlocal count
+                count += 1
+                return count
+            def peek():
+                return count
+            return bump, peek
+        bump, peek = make()
+        bump()
+    """)
+    session.commit()
+    tree = session.repo.tree(session.head)
+    assert tree.components["bump"] == tree.components["peek"]
+    assert _in_new_process(store, """
+        st["bump"]()
+        print(st["peek"]())
+    """) == ["2"]
