@@ -219,3 +219,13 @@ def test_warnings_turned_into_errors_do_not_break_a_commit(ip, capsys):
     tree = ext.session.repo.tree(ext.session.head)
     assert "kept" in tree.components and "lock" in tree.unstored and ext.errors == []
     run(ip, "warnings.resetwarnings()")
+
+
+def test_a_variable_txpy_never_stores_is_announced_once(ip, capsys):
+    loaded(ip)
+    capsys.readouterr()
+    run(ip, "__meta__ = {'run': 1}\n_sh = 2\nfor _ in range(2):\n    pass\nx = __name__")
+    lines = txpy_lines(capsys)
+    assert len(lines) == 2 and "'__meta__' is not stored" in lines[0] and "'_sh'" in lines[1]
+    run(ip, "__meta__ = {'run': 2}")
+    assert txpy_lines(capsys) == []

@@ -8,6 +8,7 @@ namespace stays IPython's own plain dict: which names a cell could touch is foun
 
 from __future__ import annotations
 
+import dis
 import fcntl
 import hashlib
 import os
@@ -35,6 +36,11 @@ DEFAULT_HISTORY = "ipython"
 
 #: Names IPython itself puts in (and keeps updating in) the user namespace.
 _IPYTHON_NAME = re.compile(r"_(i{1,3}|i\d+|\d+|oh|ih|dh|exit_code|sh)?|__|___|In|Out|exit|quit|"
+                           r"get_ipython")
+#: names a cell may bind that txpy never stores, other than those IPython rebinds by itself
+#: (_, __, _12, _i12) or that a notebook's module has anyway (__name__, __doc__...)
+_NEVER_STORED = re.compile(r"__(?!(name|doc|builtins|builtin|package|loader|spec|file|cached|"
+                           r"annotations)__)\w+__|_(sh|oh|ih|dh|exit_code)|In|Out|exit|quit|"
                            r"get_ipython")
 _USAGE = ("usage: %txpy restore [COMMIT] | log | diff A [B] | checkout COMMIT|BRANCH | "
           "branch [NAME] | status | off | on | session NAME | durability sync|async")
@@ -95,6 +101,7 @@ class Extension:
         #: have started (an empty cell gets a post_run_cell only)
         self._running: list[tuple[Any, _Cell | None]] = []
         self._fresh: set[str] | None = None  # names before the first cell of a fresh kernel
+        self._told: set[str] = set()  # names we said are never stored
         #: HEAD a fresh kernel found: what `%txpy restore` brings back, even after this
         #: kernel has committed cells of its own (on a branch of their own)
         self.saved: tuple[Commit, str | None] | None = None
@@ -199,7 +206,22 @@ class Extension:
         if _only_txpy_magic(raw):  # %txpy commits by itself
             return _Cell(Transaction(self.txns.session.head, self.txns.session.branch, None),
                          True)
+        if code is not None:
+            self._tell_ignored(code)
         return _Cell(self.txns.begin(code, raw), False)
+
+    def _tell_ignored(self, code: Any) -> None:
+        """Say once of each name a cell binds that txpy never stores (dunder names, names
+        IPython uses such as _sh or Out): a user's variable must not vanish unannounced."""
+        if not any(_NEVER_STORED.fullmatch(n) for n in code.co_names):
+            return
+        bound = {i.argval for i in dis.get_instructions(code)
+                 if i.opname in ("STORE_NAME", "STORE_GLOBAL")
+                 and _NEVER_STORED.fullmatch(i.argval)}
+        for name in sorted(bound - self._told):
+            self._told.add(name)
+            notify(f"{name!r} is not stored: txpy leaves dunder names and the names IPython "
+                   "uses alone; rename it to keep it")
 
     def post_run_cell(self, result: Any) -> None:
         try:
