@@ -156,3 +156,17 @@ def test_every_push_notices_a_truncated_chunk_and_resends_it(tmp_path):
     assert stats.repair.damaged == 1 and stats.repair.unrepaired == 0
     assert txpy_cmd("clone", url, str(tmp_path / "c"), "--trust", cwd=tmp_path).returncode == 0
     assert np.array_equal(txpy.load(tmp_path / "c" / ".txpy", "h")["x"], ns["x"])
+
+
+def test_a_chunk_an_older_txpy_recompressed_is_checked_once_then_matches(tmp_path):
+    url = (tmp_path / "remote").as_uri()
+    ns = {"x": np.arange(300_000, dtype=np.float64)}  # compressible: stored by byte planes
+    s = txpy.Session(tmp_path / "a" / ".txpy", "h", ns, notify=quiet)
+    s.commit()
+    push(s.repo, Remote(url))
+    remote = Remote(url)
+    key = max(remote.objects.sizes().items(), key=lambda kv: kv[1])[0]
+    data, _ = remote.chunks.read(key)
+    remote.objects.put_many([(key, b"\x00" + bytes(data))], replace=True)  # raw: sound, bigger
+    first = push(s.repo, Remote(url))
+    assert first.repair.damaged == 0 and remote.body(key) == s.repo.chunks.body(key)

@@ -48,21 +48,21 @@ def heal_chunks(repo: Repository, remote: Remote, remote_sizes: dict[str, int],
     """Check the remote's chunks a push relies on and re-send the damaged ones.
 
     relied None: the cheap check (sizes of every chunk both sides hold, empty objects, a
-    sample re-hashed); else exactly those keys, each re-hashed (``--verify``)."""
+    sample re-hashed); else exactly those keys, each re-hashed (``--verify``). A chunk whose
+    size differs but which is sound (an older txpy recompressed it in transit) is replaced by
+    this store's bytes too, so the next push finds the sizes equal and checks nothing."""
     local_sizes = repo.chunks.backend.sizes()
     if relied is None:
         common = sorted(remote_sizes.keys() & local_sizes.keys())
-        suspects = {k for k in common if remote_sizes[k] != local_sizes[k]}
-        suspects |= set(random.sample(common, min(SAMPLE, len(common))))
+        resized = {k for k in common if remote_sizes[k] != local_sizes[k]}
+        suspects = resized | set(random.sample(common, min(SAMPLE, len(common))))
         suspects |= {k for k, n in remote_sizes.items() if n == 0}
     else:
-        suspects = set(relied) & remote_sizes.keys()
-    damaged = [k for k in sorted(suspects) if _chunk_problem(remote, k)]
-    mine = [k for k in damaged if k in local_sizes]
-    for key in mine:
-        remote.chunks.delete(key)
-    remote.chunks.put_bodies((key, verified_body(repo, key)) for key in mine)
-    return Repair(len(suspects), len(damaged), len(damaged) - len(mine))
+        resized, suspects = set(), set(relied) & remote_sizes.keys()
+    damaged = {k for k in suspects if _chunk_problem(remote, k)}
+    resend = sorted((damaged | resized) & local_sizes.keys())
+    remote.chunks.put_bodies(((key, verified_body(repo, key)) for key in resend), replace=True)
+    return Repair(len(suspects), len(damaged), len(damaged - local_sizes.keys()))
 
 
 def _chunk_problem(remote: Remote, key: str) -> bool:
@@ -83,8 +83,8 @@ def heal_records(repo: Repository, remote: Remote, commit_ids: Iterable[str]) ->
             check_commit_record(cid, rec.body, rec.sig, rec.signer, {rec.signer: ""})
         except (CorruptStoreError, RemoteError):
             damaged += 1
-            remote.commits.delete(cid)
-            remote.commits.put_many([(cid, record_bytes(repo.commit_record(cid)))])
+            remote.commits.put_many([(cid, record_bytes(repo.commit_record(cid)))],
+                                    replace=True)
     return Repair(checked, damaged)
 
 

@@ -21,7 +21,7 @@ from ..errors import RemoteError, UntrustedError
 from ..model import ComponentManifest, Tree
 from ..repo import CommitRecord, Repository, check_commit_record
 from .check import Repair, heal_chunks, heal_records, verified_body
-from .objects import Remote, RemoteRef, reaching
+from .objects import Remote, reaching
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -111,7 +111,7 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
         remote.claim()
         remote_refs = remote.read_refs()
         updates: list[Update] = []
-        wanted: list[str] = []
+        wanted: list[str] = []  # every commit the pushed branches need
         for u in planned(repo, histories, spec):
             theirs = remote_refs.get((u.history, u.target))
             if theirs is not None and theirs.commit == u.commit and not verify:
@@ -126,12 +126,12 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
         to_send = [cid for cid in wanted if cid not in present]
         sent, missing, repair = _send(repo, remote, to_send, wanted if verify else None,
                                       progress)
-        for u in updates:
-            if remote_refs.get((u.history, u.target), RemoteRef("", -1)).commit != u.commit:
-                remote.write_ref(u.history, u.target, u.commit,
-                                 remote_refs.get((u.history, u.target)))
+        moved = [u for u in updates if u.commit != getattr(
+            remote_refs.get((u.history, u.target)), "commit", None)]
+        for u in moved:
+            remote.write_ref(u.history, u.target, u.commit, remote_refs.get((u.history, u.target)))
     return TransferStats(len(to_send), missing, sent,
-                         tuple(f"{u.history}/{u.target}" for u in updates), repair=repair)
+                         tuple(f"{u.history}/{u.target}" for u in moved), repair=repair)
 
 
 def _diverged(remote: Remote, u: Update) -> RemoteError:

@@ -38,8 +38,10 @@ class Backend(abc.ABC):
         """The bytes under key; FileNotFoundError if absent."""
 
     @abc.abstractmethod
-    def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
-        """Write every (key, data) durably and atomically; return the bytes written."""
+    def put_many(self, items: Iterable[tuple[str, Body]], replace: bool = False) -> int:
+        """Write every (key, data) durably and atomically; return the bytes written. A key
+        already present is kept unless replace (repairing a damaged copy: readers see the
+        old bytes or the new, never nothing)."""
 
     @abc.abstractmethod
     def create(self, key: str, data: bytes) -> bool:
@@ -104,14 +106,14 @@ class LocalBackend(Backend):
     def exists(self, key: str) -> bool:
         return os.path.exists(self._file(key))
 
-    def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
+    def put_many(self, items: Iterable[tuple[str, Body]], replace: bool = False) -> int:
         self._make_root()
         pending: list[tuple[int, str, str]] = []
         written = 0
         try:
             for key, data in items:
                 final = self._file(key)
-                if os.path.exists(final):
+                if not replace and os.path.exists(final):
                     continue
                 tmp = f"{self._prefix}{self.TMP_PREFIX}{uuid.uuid4().hex}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -218,15 +220,15 @@ class SqliteBackend(Backend):
             raise FileNotFoundError(key)
         return bytes(row[0])
 
-    def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
+    def put_many(self, items: Iterable[tuple[str, Body]], replace: bool = False) -> int:
         written = 0
+        insert = f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO objects VALUES (?, ?)"
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 for key, data in items:
                     body = body_bytes(data)
-                    cur = self.conn.execute("INSERT OR IGNORE INTO objects VALUES (?, ?)",
-                                            (key, body))
+                    cur = self.conn.execute(insert, (key, body))
                     written += len(body) if cur.rowcount else 0
             except BaseException:
                 self.conn.execute("ROLLBACK")
@@ -280,7 +282,7 @@ class TieredBackend(Backend):
         except FileNotFoundError:
             return self.large.get(key)
 
-    def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
+    def put_many(self, items: Iterable[tuple[str, Body]], replace: bool = False) -> int:
         small: list[tuple[str, Body]] = []
 
         def large() -> Iterator[tuple[str, Body]]:  # written as they come, small ones at the end
@@ -290,8 +292,8 @@ class TieredBackend(Backend):
                 else:
                     yield key, data
 
-        written = self.large.put_many(large())
-        return written + self.small.put_many(small)
+        written = self.large.put_many(large(), replace)
+        return written + self.small.put_many(small, replace)
 
     def create(self, key: str, data: bytes) -> bool:
         target = self.small if len(data) < self.threshold else self.large
@@ -342,8 +344,8 @@ class FsspecBackend(Backend):
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
-    def put_many(self, items: Iterable[tuple[str, Body]]) -> int:
-        written = 0
+    def put_many(self, items: Iterable[tuple[str, Body]], replace: bool = False) -> int:
+        written = 0  # an object store's put replaces atomically; chunks are write-once anyway
         for key, data in items:
             body = body_bytes(data)
             self.fs.pipe_file(self.path(key), body)

@@ -189,12 +189,20 @@ class ChunkStore:
             raise CorruptStoreError(f"chunk {key[:12]} is damaged (hash mismatch)")
         return data, width
 
-    def put_bodies(self, bodies: Iterable[tuple[str, bytes]]) -> int:
+    def put_bodies(self, bodies: Iterable[tuple[str, bytes]], replace: bool = False) -> int:
         """Store bodies as another store holds them (each checked with `decode` there), so
-        both hold the same bytes: a transfer neither recompresses nor changes sizes."""
-        todo = [(key, body) for key, body in bodies if not self.has(key)]
-        written = self.backend.put_many(todo)
-        self._known.update(key for key, _ in todo)
+        both hold the same bytes: a transfer neither recompresses nor changes sizes.
+        replace: also over what is stored (a damaged copy), atomically."""
+        stored: list[str] = []
+
+        def todo() -> Iterator[tuple[str, bytes]]:  # streamed: bodies are not all in memory
+            for key, body in bodies:
+                if replace or not self.has(key):
+                    stored.append(key)
+                    yield key, body
+
+        written = self.backend.put_many(todo(), replace)
+        self._known.update(stored)
         return written
 
     def keys(self) -> Iterator[str]:
