@@ -34,6 +34,7 @@ from .describe import describe
 from .encode import UnpicklableError, encode
 from .errors import CommitFailedError, RestoreError, TxpyError
 from .humanize import size
+from .inplace import Merger
 from .knowledge import Knowledge
 from .model import ANY_NAME, Commit, Diff, Tree, Unstored
 from .repo import Repository
@@ -395,7 +396,7 @@ class Session:
             self.notify("kept as they are (they hold what txpy cannot store, so they cannot be "
                         "rolled back): " + ", ".join(f"{n} ({tree.partial[n]})"
                                                      for n in sorted(keep)))
-        failed = self._apply(tree, changed - keep, current, keep)
+        failed = self._apply(tree, changed - keep, current, keep, in_place=True)
         self._restore_rng(tree)
         return sorted(changed - failed - keep)
 
@@ -462,9 +463,11 @@ class Session:
         self._branch, self._head, self._tree = branch, target, tree
 
     def _apply(self, tree: Tree, names: set[str], current: dict[str, Any],
-               keep: AbstractSet[str] = frozenset()) -> set[str]:
+               keep: AbstractSet[str] = frozenset(), *, in_place: bool = False) -> set[str]:
         """Rebind names to their values in tree (whole components, except names in keep),
-        delete names tree lacks.
+        delete names tree lacks. in_place (a rollback): a name still bound to the object it
+        was bound to at HEAD keeps that object, with the committed content written back into
+        it (see inplace.py), so whoever else holds it sees the rollback too.
 
         Partial: a component that cannot be loaded (a damaged chunk, a package missing here,
         its own code raising) leaves its names as they are, and one line says why; every
@@ -474,8 +477,12 @@ class Session:
         self._announce("loading", sum(b.nbytes for m in manifests for b in m.buffers))
         loaded: set[str] = set()
 
+        merger = Merger(self.namespace.get("__name__")) if in_place else None
+
         def bind(values: dict[str, Any]) -> None:
             values = {n: v for n, v in values.items() if n not in keep}
+            if merger is not None:
+                values = {n: self._into_live(merger, n, v, current) for n, v in values.items()}
             self.namespace.update(values)
             loaded.update(values)
 
@@ -504,6 +511,17 @@ class Session:
         if failed:
             self.notify(not_restored_line(failed))
         return {n for group in failed for n in group}
+
+    def _into_live(self, merger: Merger, name: str, value: Any, current: dict[str, Any]
+                   ) -> Any:
+        """value written into the object name is bound to, if that is still HEAD's object."""
+        known = self._known.get(name)
+        if name in current and known is not None and known.obj_id == id(current[name]):
+            try:
+                return merger.merge(current[name], value)
+            except RecursionError:  # a structure too deep to walk: rebind it instead
+                return value
+        return value
 
     def _restore_rng(self, tree: Tree) -> None:
         """Put the global random generators and library settings back; what cannot be put

@@ -1,0 +1,116 @@
+"""Rolling back in place: the committed content is written back into the live objects.
+
+A rollback that rebinds a name to a decoded copy cuts it off from everyone else who holds
+the live object: a closure, a library's registry, a dict keyed by ``id(x)``, a view of an
+array. So where a failed transaction only mutated an object (its name still binds the same
+object), the decoded value is used as a source: its content is copied into the live object,
+recursively into the objects the live one holds, where their types allow — builtin
+containers, numpy arrays, torch tensors, instances of the session's own classes. Anything
+else (a library object, a changed type or shape) is replaced by the decoded value, as before.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+class Merger:
+    """One rollback's merges; objects several names share are merged once.
+
+    main: the module name of the session's own classes ("__main__")."""
+
+    def __init__(self, main: str | None):
+        self.main = main
+        self.done: dict[int, Any] = {}  # id(live) -> what it became (cycles, shared objects)
+
+    def merge(self, live: Any, saved: Any) -> Any:
+        """The object to bind: live with saved's content written into it where types allow,
+        else saved."""
+        if live is saved or type(live) is not type(saved) or isinstance(live, _SCALARS):
+            return saved
+        if id(live) in self.done:
+            return self.done[id(live)]
+        self.done[id(live)] = live  # for cycles: while it is being merged, it stays itself
+        result = self._merge_by_type(live, saved)
+        self.done[id(live)] = result
+        return result
+
+    def _merge_by_type(self, live: Any, saved: Any) -> Any:
+        kind = type(live)
+        if kind is list:
+            live[:] = [self.merge(a, b) for a, b in zip(live, saved, strict=False)] \
+                + saved[len(live):]
+            return live
+        if kind is dict:
+            merged = {k: self.merge(live[k], v) if k in live else v for k, v in saved.items()}
+            live.clear()
+            live.update(merged)
+            return live
+        if kind is set:
+            live.clear()
+            live.update(saved)
+            return live
+        if kind is bytearray:
+            live[:] = saved
+            return live
+        if kind is tuple:  # immutable: its items may have been mutated, not itself
+            if len(live) != len(saved):
+                return saved
+            merged = tuple(self.merge(a, b) for a, b in zip(live, saved, strict=True))
+            return live if all(a is b for a, b in zip(merged, live, strict=True)) else merged
+        return self._merge_object(live, saved)
+
+    def _merge_object(self, live: Any, saved: Any) -> Any:
+        np = sys.modules.get("numpy")
+        if np is not None and type(live) is np.ndarray:
+            if (live.shape, live.dtype) != (saved.shape, saved.dtype) or live.dtype == object \
+                    or not live.flags.writeable:
+                return saved
+            np.copyto(live, saved)
+            return live
+        torch = sys.modules.get("torch")
+        if torch is not None and type(live) in (torch.Tensor, torch.nn.Parameter):
+            return self._merge_tensor(torch, live, saved)
+        if self.main is None or getattr(type(live), "__module__", None) != self.main:
+            return saved  # a library's object: its state is not ours to rewrite
+        if isinstance(live, (dict, list, set, bytearray, tuple)):
+            return saved  # a container subclass: its content is not in its __dict__
+        state = getattr(live, "__dict__", None)
+        saved_state = getattr(saved, "__dict__", None)
+        if not isinstance(state, dict) or not isinstance(saved_state, dict):
+            return saved
+        self._merge_slots(live, saved)
+        merged = {k: self.merge(state[k], v) if k in state else v
+                  for k, v in saved_state.items()}
+        state.clear()
+        state.update(merged)
+        return live
+
+    def _merge_slots(self, live: Any, saved: Any) -> None:
+        for cls in type(live).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for slot in (slots,) if isinstance(slots, str) else slots:
+                if slot in ("__dict__", "__weakref__"):
+                    continue
+                try:
+                    value = object.__getattribute__(saved, slot)
+                except AttributeError:
+                    continue
+                try:
+                    current = object.__getattribute__(live, slot)
+                except AttributeError:
+                    current = None
+                object.__setattr__(live, slot, self.merge(current, value))
+
+    @staticmethod
+    def _merge_tensor(torch: Any, live: Any, saved: Any) -> Any:
+        if (live.shape, live.dtype, live.device, live.requires_grad) != (
+                saved.shape, saved.dtype, saved.device, saved.requires_grad):
+            return saved
+        with torch.no_grad():
+            live.copy_(saved)
+        live.grad = saved.grad
+        return live

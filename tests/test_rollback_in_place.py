@@ -1,0 +1,75 @@
+"""Rollback keeps identity (issue 14, class 6): a failed transaction that only mutated
+objects leaves the very same objects, with their committed content written back, so
+closures, registries keyed by id() and array views see the rollback too."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run
+
+
+def _fail(session, source):
+    with pytest.raises(ZeroDivisionError), session.transaction():
+        run(session.namespace, source + "\n1/0")
+
+
+def test_a_rolled_back_list_is_the_same_list_everyone_holds(session):
+    ns = session.namespace
+    run(ns, """
+        xs = [1, 2]
+        nested = {"inner": [1], "xs": xs}
+        read = lambda: list(xs)
+        by_id = {id(xs): "xs"}
+    """)
+    session.commit()
+    before = ns["xs"], ns["nested"]["inner"]
+    _fail(session, "xs.append(3)\nnested['inner'].append(2)\nnested['new'] = 1")
+    assert ns["xs"] is before[0] and ns["xs"] == [1, 2] and ns["read"]() == [1, 2]
+    assert ns["nested"]["inner"] is before[1] and ns["nested"] == {"inner": [1], "xs": [1, 2]}
+    assert ns["nested"]["xs"] is ns["xs"] and id(ns["xs"]) in ns["by_id"]
+
+
+def test_arrays_tensors_and_notebook_objects_are_restored_in_place(session):
+    ns = session.namespace
+    run(ns, """
+        class Model:
+            def __init__(self):
+                self.weights = [0.5]
+                self.steps = 0
+        model = Model()
+    """)
+    ns["grid"] = np.zeros(6)
+    ns["t"] = torch.zeros(3)
+    session.commit()
+    view = ns["grid"][2:4]  # held outside the namespace, as a library would
+    grid, t, model, weights = ns["grid"], ns["t"], ns["model"], ns["model"].weights
+    _fail(session, "grid += 1\nt.add_(1)\nmodel.steps = 7\nmodel.weights.append(1.0)")
+    assert ns["grid"] is grid and not grid.any() and not view.any()
+    assert ns["t"] is t and not t.any()
+    assert ns["model"] is model and model.steps == 0
+    assert model.weights is weights and weights == [0.5]
+
+
+def test_a_rebound_name_gets_its_committed_value_back(session):
+    ns = session.namespace
+    ns["xs"] = [1]
+    session.commit()
+    _fail(session, "xs = [9]")
+    assert ns["xs"] == [1]
+
+
+def test_a_structure_too_deep_to_merge_is_rebound_instead(session):
+    ns = session.namespace
+    run(ns, """
+        class Node:
+            def __init__(self, nxt):
+                self.nxt = nxt
+                self.value = 0
+        head = None
+        for _ in range(50_000):
+            head = Node(head)
+    """)
+    session.commit()
+    _fail(session, "head.value = 1")
+    assert ns["head"].value == 0
