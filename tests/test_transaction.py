@@ -1,6 +1,9 @@
 """The transaction layer every frontend uses: what a commit records of its transaction (read
 and write sets, what each variable is), the one sweep policy, and failed commits retried."""
 
+import textwrap
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,3 +108,28 @@ def test_after_a_rollback_that_failed_the_next_commit_examines_every_name(sessio
         session.rollback = real
     _run(txns, "z = 1")  # names neither xs nor ys: verify mode fails if they are not examined
     assert txpy.load(session.repo.path, session.name)["xs"] == [1, 2]
+
+
+def test_a_name_a_library_changes_behind_the_cells_joins_the_escape_set(session, monkeypatch):
+    monkeypatch.setattr(transaction, "SWEEP_EVERY", 3)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back afterwards
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    txns = Transactions(session, "cell")
+    said = []
+    session.notify = said.append
+    _run(txns, textwrap.dedent("""
+        import warnings
+        seen = []
+        def show(message, *args, **kwargs):
+            seen.append(str(message))
+        warnings.showwarning = show  # the warnings module now holds a notebook function
+        warnings.simplefilter("always")
+    """))
+    session.verify = False  # the miss this test is about, until the sweep finds it
+    _run(txns, "warnings.warn('one')")  # names warnings, not seen: missed...
+    _run(txns, "warnings.warn('two')")  # ...until this commit, a sweep, finds it
+    assert session.escaped == {"seen"}
+    assert any("'seen' changed outside the cells" in m for m in said), said
+    session.verify = True
+    _run(txns, "warnings.warn('three')")  # from now on examined at every commit
+    assert txpy.load(session.repo.path, session.name)["seen"] == ["one", "two", "three"]

@@ -91,6 +91,8 @@ class Session:
         self._components: dict[tuple[tuple[str, ...], str], str] = {}  # (names, digest) -> key
         self._warned: set[tuple[str, str]] = set()
         self._blocks: Any = None  # Transactions of `with session.transaction():` blocks
+        #: names something outside the namespace changes (see commit's expected)
+        self.escaped: set[str] = set()
         self._branch, head = self.repo.refs.head(name)
         self._head: Commit | None = self.repo.read_commit(head) if head else None
         self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
@@ -129,10 +131,14 @@ class Session:
 
     # --- commit --------------------------------------------------------------------------
     def commit(self, message: str = "", *, kind: str = "api", code: str | None = None,
-               candidates: Iterable[str] | None = None, duration: float = 0.0) -> str:
+               candidates: Iterable[str] | None = None, duration: float = 0.0,
+               expected: Iterable[str] | None = None) -> str:
         """Store the namespace's state; return the commit id (HEAD's if nothing changed).
 
         candidates: names the transaction could have read or written; None examines all.
+        expected (with candidates None, a sweep): the names the transactions since HEAD named;
+        a name that changed outside them was changed from outside the namespace (a library
+        callback, a thread) and joins `escaped`, examined at every commit from then on.
         With async durability, this commit is encoded while the previous one is still being
         written; it waits for that write only before publishing itself.
 
@@ -141,11 +147,13 @@ class Session:
         HEAD, known digests and sharing index all describe it, or none of them changed.
         """
         started = time.perf_counter()
-        cand = None if candidates is None else set(candidates)
+        cand = None if candidates is None else set(candidates) | self.escaped
         try:
             current = self._tracked()
             examine = self._known.to_examine(current, cand, self._tree)
             prints, unstored = self._encode_names(current, examine)
+            escaping = set() if cand is not None or expected is None \
+                else self._escapees(current, prints, set(expected))
             tree, staged = self._tree_of(current, examine, prints, unstored)
             tree_key = self._writer.stage_object(tree.to_bytes())
             learned = Knowledge.learned(current, examine, prints)
@@ -153,6 +161,7 @@ class Session:
             self._writer.discard()
             raise
         gone = self._known.names() - current.keys()
+        self._escaped_now(escaping, gone)
         if self._head is not None and tree_key == self._head.tree:
             self._writer.discard()
             with interrupts.held():
@@ -197,6 +206,26 @@ class Session:
         if self.verify and cand is not None:
             self._verify_against(tree)
         return commit.id
+
+    def _escapees(self, current: dict[str, Any], prints: dict[str, Fingerprint],
+                  expected: set[str]) -> set[str]:
+        """Names whose content changed although no transaction since HEAD named them (nor a
+        name sharing objects with them) and their binding is the same."""
+        explained = self._known.to_examine(current, expected, self._tree)
+        found = set()
+        for n, fp in prints.items():
+            known = self._known.get(n)
+            if (n not in explained and known is not None and known.digest is not None
+                    and known.obj_id == id(current[n]) and fp.digest != known.digest):
+                found.add(n)
+        return found
+
+    def _escaped_now(self, escaping: set[str], gone: Iterable[str]) -> None:
+        self.escaped.difference_update(gone)
+        for n in sorted(escaping - self.escaped):
+            self.escaped.add(n)
+            self.notify(f"{n!r} changed outside the cells that name it (a library callback or "
+                        "a thread?); txpy now examines it at every commit")
 
     def _tree_of(self, current: dict[str, Any], examine: set[str],
                  prints: dict[str, Fingerprint], unstored: dict[str, Unstored]
