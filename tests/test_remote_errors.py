@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 
@@ -62,6 +63,14 @@ def test_a_record_whose_unsigned_fields_disagree_with_its_signed_body_is_refused
     _edit_record(remote_dir, cid, lambda r: r.update({field: value}))
     assert "tampered with; refused" in one_line_error(_clone(tmp_path, url))
     assert not (tmp_path / "c" / ".txpy").exists()
+
+
+def test_fsck_finds_a_commit_filed_under_another_history_than_it_was_signed_for(tmp_path):
+    _, _, cid = _pushed(tmp_path)
+    with sqlite3.connect(tmp_path / "a" / ".txpy" / "txpy.db") as db:  # as an old pull did
+        db.execute("UPDATE commits SET history='elsewhere' WHERE id=?", (cid,))
+    out = txpy_cmd("fsck", cwd=tmp_path / "a")
+    assert out.returncode == 1 and "filed under history 'elsewhere', signed as 'h'" in out.stdout
 
 
 def test_a_ref_claiming_another_history_is_refused(tmp_path):
@@ -195,7 +204,7 @@ def test_an_http_remote_is_refused_when_added(tmp_path):
 
 def test_a_damaged_or_empty_chunk_is_damage_not_a_newer_txpy(tmp_path):
     chunks = ChunkStore(LocalBackend(tmp_path / "s"))
-    for body in (b"", b"\x07", b"\xff" + bytes(1000)):
+    for body in (b"", b"\x07", b"\xff" + bytes(1000), b"\x02\x00" + bytes(100)):
         with pytest.raises(CorruptStoreError, match="is damaged"):
             chunks.decode("ab" * 32, body)
     with pytest.raises(StoreVersionError, match="upgrade txpy"):

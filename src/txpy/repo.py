@@ -357,6 +357,10 @@ class Repository:
             except CorruptStoreError as e:
                 report.damage.append(Damage(cid, "?", str(e)))
                 continue
+            filed = self.commit_record(cid).history
+            if filed != commit.history:  # log and HEAD go by where a record is filed
+                report.damage.append(Damage(cid, commit.history, f"filed under history "
+                                            f"{filed!r}, signed as {commit.history!r}"))
             report.damage.extend(commit_damage(commit, self.chunks, check))
         report.chunks = len(check.verified)
         return report

@@ -180,6 +180,8 @@ class ChunkStore:
                 data = self._decompressor.decompress(body[1:])
             elif codec == PLANES and len(body) > 1:
                 width = body[1]
+                if width < 2:  # to_planes is used only for items of 2 bytes and more
+                    raise CorruptStoreError(f"chunk {key[:12]} is damaged (item size {width})")
                 data = from_planes(self._decompressor.decompress(body[2:]), width)
             else:
                 raise _unknown_codec(key, body)
