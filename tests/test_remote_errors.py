@@ -4,6 +4,7 @@ one line that says what is wrong, never a traceback, and never in using what was
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -130,6 +131,8 @@ def test_a_clone_killed_midway_is_resumed_by_running_it_again(tmp_path):
     assert not (tmp_path / "c" / ".txpy").exists()  # never a half clone under the real name
     again = _clone(tmp_path, url)
     assert again.returncode == 0, again.stderr
+    fetched = int(re.search(r"(\d+)\s+chunks", again.stdout).group(1))
+    assert fetched <= 64 + 3 - 10  # what the killed clone had fetched is not fetched again
     fsck = txpy_cmd("fsck", "--store", str(tmp_path / "c" / ".txpy"), cwd=tmp_path)
     assert fsck.returncode == 0 and "1 commits" in fsck.stdout, fsck.stdout
     state = txpy.load(tmp_path / "c" / ".txpy", "h")
