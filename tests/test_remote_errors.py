@@ -82,6 +82,43 @@ def test_a_ref_claiming_another_history_is_refused(tmp_path):
     assert "filed under another key" in one_line_error(_clone(tmp_path, url))
 
 
+def _pushed_twice(tmp_path):
+    """A remote whose main moved twice: (url, remote dir, first commit, ref files by version)."""
+    url = (tmp_path / "remote").as_uri()
+    ns = {"x": 1}
+    s = txpy.Session(tmp_path / "a" / ".txpy", "h", ns, notify=quiet)
+    first = s.commit()
+    push(s.repo, Remote(url))
+    ns["x"] = 2
+    s.commit()
+    push(s.repo, Remote(url))
+    s.close()
+    refs = sorted((tmp_path / "remote" / "refs").iterdir())
+    return url, tmp_path / "remote", first, refs
+
+
+def test_a_branch_pointed_back_at_an_older_signed_commit_is_refused(tmp_path):
+    url, _, first, refs = _pushed_twice(tmp_path)
+    body = json.loads(refs[-1].read_text())
+    refs[-1].write_text(json.dumps({**body, "commit": first}))  # a real commit of h, signed
+    assert "does not match its signature" in one_line_error(_clone(tmp_path, url))
+
+
+def test_an_old_ref_file_replayed_as_a_newer_version_is_refused(tmp_path):
+    url, _, _, refs = _pushed_twice(tmp_path)
+    stem = refs[0].name.rpartition(".")[0]
+    (refs[0].parent / f"{stem}.{2:012d}").write_bytes(refs[0].read_bytes())
+    assert "does not match its signature" in one_line_error(_clone(tmp_path, url))
+
+
+def test_a_ref_an_older_txpy_wrote_without_a_signature_is_still_read(tmp_path):
+    url, _, _, refs = _pushed_twice(tmp_path)
+    body = json.loads(refs[-1].read_text())
+    refs[-1].write_text(json.dumps({k: body[k] for k in ("history", "branch", "commit")}))
+    assert _clone(tmp_path, url).returncode == 0
+    assert txpy.load(tmp_path / "c" / ".txpy", "h")["x"] == 2
+
+
 # --- a remote has a marker ------------------------------------------------------------------
 def test_clone_of_what_is_not_a_txpy_remote_says_so(tmp_path):
     (tmp_path / "papers").mkdir()

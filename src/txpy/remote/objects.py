@@ -3,7 +3,10 @@ others, so nothing read from it is used before it is authenticated or refused in
 
 What is used comes from what is signed: a commit record's history and time are read from its
 signed body (the outer copies are kept for older txpy and must agree with it), and a ref file
-must be filed under the key of the (history, branch) it names.
+must be filed under the key of the (history, branch) it names, and is signed by the store
+that pushed it over its history, branch, version and commit: pointing a branch elsewhere, or
+copying an old ref file to a newer version, breaks the signature. (Refs written by a txpy
+older than this carry no signature; they are read as before.)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from ..errors import CorruptStoreError, RemoteError, StoreVersionError, TxpyError
 from ..repo import CommitRecord
+from ..signing import Signer, verify
 from ..store.backend import Backend, backend_for
 from ..store.chunks import ChunkStore, chunk_key
 
@@ -33,10 +37,17 @@ def ref_key(history: str, branch: str) -> str:
 
 @dataclass(frozen=True)
 class RemoteRef:
-    """A ref on a remote: the commit it names, and its version (how many moves it had)."""
+    """A ref on a remote: the commit it names, its version (how many moves it had), and the
+    key that signed it (None: written by an older txpy, unsigned)."""
 
     commit: str
     version: int
+    signer: str | None = None
+
+
+def ref_message(history: str, branch: str, version: int, commit_id: str) -> str:
+    """What a ref's signature covers."""
+    return json.dumps(["txpy-ref", history, branch, version, commit_id])
 
 
 class Remote:
@@ -110,27 +121,38 @@ class Remote:
                 newest[ref] = (int(version), key)
         out = {}
         for ref, (version, key) in newest.items():
-            history, branch, commit = self._read_ref(key)
+            history, branch, commit, signer, sig = self._read_ref(key)
             if ref_key(history, branch) != ref:
                 raise CorruptStoreError(
                     f"ref {key[:12]}… on {self.url} claims branch {branch!r} of history "
                     f"{history!r}, which is filed under another key: tampered with; refused")
-            out[(history, branch)] = RemoteRef(commit, version)
+            if (signer is not None or sig is not None) and not (
+                    isinstance(signer, str) and isinstance(sig, str)
+                    and verify(signer, sig, ref_message(history, branch, version, commit))):
+                raise CorruptStoreError(
+                    f"branch {branch!r} of history {history!r} on {self.url} does not match "
+                    "its signature: tampered with; refused")
+            out[(history, branch)] = RemoteRef(commit, version, signer)
         return out
 
-    def _read_ref(self, key: str) -> tuple[str, str, str]:
+    def _read_ref(self, key: str) -> tuple[str, str, str, Any, Any]:
+        """(history, branch, commit, signer, signature) of a ref file, as written there."""
         try:
             rec = json.loads(self.refs.get(key))
-            return str(rec["history"]), str(rec["branch"]), str(rec["commit"])
-        except (ValueError, KeyError, TypeError):
+            return (str(rec["history"]), str(rec["branch"]), str(rec["commit"]),
+                    rec.get("signer"), rec.get("sig"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise CorruptStoreError(f"ref {key[:12]}… on {self.url} is damaged (not a ref "
                                     "record); `txpy fsck --remote` checks the rest") from None
 
-    def write_ref(self, history: str, branch: str, commit_id: str, after: RemoteRef | None
-                  ) -> None:
-        """Move a ref from the version `after` (None: it does not exist yet) to commit_id."""
-        body = json.dumps({"history": history, "branch": branch, "commit": commit_id})
+    def write_ref(self, history: str, branch: str, commit_id: str, after: RemoteRef | None,
+                  signer: Signer) -> None:
+        """Move a ref from the version `after` (None: it does not exist yet) to commit_id,
+        signed by signer."""
         version = after.version + 1 if after else 0
+        body = json.dumps({"history": history, "branch": branch, "commit": commit_id,
+                           "signer": signer.key_id,
+                           "sig": signer.sign(ref_message(history, branch, version, commit_id))})
         if not self.refs.create(f"{ref_key(history, branch)}.{version:012d}", body.encode()):
             raise RemoteError(
                 f"someone pushed to branch {branch!r} of {history!r} meanwhile; run "

@@ -21,7 +21,7 @@ from ..errors import RemoteError, UntrustedError
 from ..model import ComponentManifest, Tree
 from ..repo import CommitRecord, Repository, check_commit_record
 from .check import Repair, heal_chunks, heal_records, verified_body
-from .objects import Remote, reaching
+from .objects import Remote, RemoteRef, reaching
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -129,7 +129,8 @@ def push(repo: Repository, remote: Remote, histories: Iterable[str] | None = Non
         moved = [u for u in updates if u.commit != getattr(
             remote_refs.get((u.history, u.target)), "commit", None)]
         for u in moved:
-            remote.write_ref(u.history, u.target, u.commit, remote_refs.get((u.history, u.target)))
+            remote.write_ref(u.history, u.target, u.commit, remote_refs.get((u.history, u.target)),
+                             repo.signer)
     return TransferStats(len(to_send), missing, sent,
                          tuple(f"{u.history}/{u.target}" for u in moved), repair=repair)
 
@@ -176,7 +177,9 @@ def pull(repo: Repository, remote: Remote, remote_name: str, *, trust: bool = Fa
     named in the result)."""
     with reaching(remote.url):
         remote.check_marker()
-        remote_refs = {ref: r.commit for ref, r in remote.read_refs().items()}
+        refs = remote.read_refs()
+        _check_ref_signers(repo, remote, refs, trust)
+        remote_refs = {ref: r.commit for ref, r in refs.items()}
         records = _new_records(repo, remote, remote_refs, trust)
         for signer in {rec.signer for rec in records.values()} - repo.trusted_keys().keys():
             repo.trust(signer, f"pulled from {remote.url}")
@@ -185,6 +188,23 @@ def pull(repo: Repository, remote: Remote, remote_name: str, *, trust: bool = Fa
             repo.insert_commits(records.values())
     moved, diverged = _update_branches(repo, remote_refs, remote_name)
     return TransferStats(len(records), got, received, tuple(moved), tuple(diverged))
+
+
+def _check_ref_signers(repo: Repository, remote: Remote,
+                       refs: dict[tuple[str, str], RemoteRef], trust: bool) -> None:
+    """A branch moved by a key this store does not trust is refused, as its commits would be
+    (with trust, that key is trusted along with the commits' signers)."""
+    trusted = repo.trusted_keys()
+    for (history, branch), ref in sorted(refs.items()):
+        if ref.signer is None or ref.signer in trusted:
+            continue
+        if not trust:
+            raise UntrustedError(
+                f"branch {branch!r} of {history!r} on {remote.url} was moved by key "
+                f"{ref.signer[:16]}…, which this store does not trust; if you trust who "
+                "pushed it, re-run with --trust (or `txpy trust KEY`)")
+        repo.trust(ref.signer, f"moved refs on {remote.url}")
+        trusted = repo.trusted_keys()
 
 
 def _new_records(repo: Repository, remote: Remote, remote_refs: dict[tuple[str, str], str],
