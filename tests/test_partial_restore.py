@@ -11,7 +11,7 @@ import pytest
 import txpy
 from conftest import corrupt_object
 from test_ipython import loaded, run, txpy_lines
-from txpy.session import load_in_order
+from txpy.components import load_in_order
 
 LRU_CACHE = """
 import functools

@@ -236,9 +236,9 @@ def test_store_from_a_newer_version_is_refused(session, store):
 
 
 def test_big_writes_and_loads_are_announced(store, monkeypatch):
-    import txpy.session
+    import txpy.loading
 
-    monkeypatch.setattr(txpy.session, "ANNOUNCE_BYTES", 1_000_000)
+    monkeypatch.setattr(txpy.loading, "ANNOUNCE_BYTES", 1_000_000)
     said: list[str] = []
     ns = {"big": np.random.default_rng(0).random(500_000)}  # 4 MB
     s = txpy.Session(store, "a", ns, notify=said.append)

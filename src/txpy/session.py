@@ -22,28 +22,17 @@ from . import env, globalstate, interrupts
 from .components import (
     ComponentWriter,
     Fingerprint,
-    decode_manifest,
     digest_of,
     fingerprint,
-    load_in_order,
-    not_restored_line,
-    read_manifests,
-    reason_of,
 )
 from .describe import describe
 from .encode import UnpicklableError, encode
 from .errors import CommitFailedError, RestoreError, TxpyError
-from .humanize import size
-from .inplace import Merger
 from .knowledge import Knowledge
+from .loading import RNG_NAME, Loader, announce
 from .model import ANY_NAME, Commit, Diff, Tree, Unstored
 from .repo import Repository
 from .store.backend import Bytes
-
-#: the component of global state (random generators, library settings) in every tree
-RNG_NAME = "<random generators>"
-#: Loads and writes at least this big are announced (a pause of about a second or more here).
-ANNOUNCE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -179,7 +168,7 @@ class Session:
         new_bytes = sum(len(d) for k, d, _ in chunks if k not in live and not
                         self.repo.chunks.has(k))
         if not background:
-            self._announce("writing", new_bytes)
+            announce(self.notify, "writing", new_bytes)
         commit = Commit(
             id="", history=self.name, parents=(self._head.id,) if self._head else (),
             tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
@@ -493,82 +482,13 @@ class Session:
 
     def _apply(self, tree: Tree, names: set[str], current: dict[str, Any],
                keep: AbstractSet[str] = frozenset(), *, in_place: bool = False) -> set[str]:
-        """Rebind names to their values in tree (whole components, except names in keep),
-        delete names tree lacks. in_place (a rollback): a name still bound to the object it
-        was bound to at HEAD keeps that object, with the committed content written back into
-        it (see inplace.py), so whoever else holds it sees the rollback too.
-
-        Partial: a component that cannot be loaded (a damaged chunk, a package missing here,
-        its own code raising) leaves its names as they are, and one line says why; every
-        other name is restored. The tree is not changed, so a later restore tries again."""
-        keys = {tree.components[n] for n in names if n in tree.components}
-        manifests, unreadable = read_manifests(self.repo, tree, keys)
-        self._announce("loading", sum(b.nbytes for m in manifests for b in m.buffers))
-        loaded: set[str] = set()
-
-        merger = Merger(self.namespace.get("__name__")) if in_place else None
-
-        def bind(values: dict[str, Any]) -> None:
-            values = {n: v for n, v in values.items() if n not in keep}
-            if merger is not None:
-                values = {n: self._into_live(merger, n, v, current) for n, v in values.items()}
-            self.namespace.update(values)
-            loaded.update(values)
-
-        unreadable.update(load_in_order(self.repo, manifests, self.namespace, bind,
-                                        self.notify))
-        failed = {names: reason_of(e) for names, e in unreadable.items()}
-        unloaded = {n for group in failed for n in group}
-        for n in keep:
-            self._known.forget(n)  # it may differ from HEAD now: the next commit looks
-        for n in names | loaded | unloaded:
-            if n in tree.unstored:
-                if n not in current:
-                    failed[(n,)] = f"never stored: {tree.unstored[n].type_name}"
-                continue
-            if n not in loaded and n not in unloaded:
-                self.namespace.pop(n, None)
-            self._known.forget(n)  # what is bound now is examined by the next commit
-        kept = sorted(n for n in names if n in tree.unstored and n in current)
-        if kept:
-            self.notify("kept as they are (never stored, cannot be rolled back): "
-                        + ", ".join(kept))
-        partial = sorted(n for n in loaded if n in tree.partial)
-        if partial:
-            self.notify("restored without what txpy cannot store (a placeholder stands in): "
-                        + ", ".join(f"{n} ({tree.partial[n]})" for n in partial))
-        if failed:
-            self.notify(not_restored_line(failed))
-        return {n for group in failed for n in group}
-
-    def _into_live(self, merger: Merger, name: str, value: Any, current: dict[str, Any]
-                   ) -> Any:
-        """value written into the object name is bound to, if that is still HEAD's object."""
-        known = self._known.get(name)
-        if name in current and known is not None and known.obj_id == id(current[name]):
-            try:
-                return merger.merge(current[name], value)
-            except RecursionError:  # a structure too deep to walk: rebind it instead
-                return value
-        return value
+        """Load names of tree into the namespace (see loading.Loader.apply); the names that
+        could not be."""
+        return Loader(self.repo, self.namespace, self._known, self.notify).apply(
+            tree, names, current, keep, in_place=in_place)
 
     def _restore_rng(self, tree: Tree) -> None:
-        """Put the global random generators and library settings back; what cannot be put
-        back here is said, and left as it is."""
-        if not tree.rng:
-            return
-        try:
-            state = decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
-            failed = globalstate.restore(state)
-        except Exception as e:
-            failed = {RNG_NAME: reason_of(e)}
-        if failed:
-            self.notify(not_restored_line({(name,): why for name, why in failed.items()}))
-
-    def _announce(self, verb: str, nbytes: int) -> None:
-        """Say so before work on big data, so that a long pause is explained."""
-        if nbytes >= ANNOUNCE_BYTES:
-            self.notify(f"{verb} {size(nbytes)}…")
+        Loader(self.repo, self.namespace, self._known, self.notify).restore_globals(tree)
 
     # --- history -------------------------------------------------------------------------
     def log(self) -> list[Commit]:
