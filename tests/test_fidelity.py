@@ -56,3 +56,19 @@ def test_closures_that_share_a_cell_still_share_it(session, store):
         st["bump"]()
         print(st["peek"]())
     """) == ["2"]
+
+
+def test_a_memoryview_comes_back_as_a_view_of_its_buffer(session, store):
+    run(session.namespace, """
+        buf = bytearray(b"abcd")
+        view = memoryview(buf)
+        part = view[1:3]
+        numbers = memoryview(bytearray(8)).cast("i")
+    """)
+    session.commit()
+    assert _in_new_process(store, """
+        view, buf = st["view"], st["buf"]
+        view[0] = ord("z")
+        print(type(view).__name__, view.obj is buf, buf.decode(), bytes(st["part"]).decode(),
+              st["numbers"].format, len(st["numbers"]), st["part"].readonly)
+    """) == ["memoryview", "True", "zbcd", "bc", "i", "2", "False"]

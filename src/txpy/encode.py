@@ -157,6 +157,8 @@ class _StatePickler(cloudpickle.Pickler):
                 # numpy pickles datetimes in band (a copy in the stream); as int64 they go out
                 return _view_as, (obj.view(np.int64), obj.dtype)
         cls = type(obj)
+        if cls is memoryview:  # cloudpickle stores a memoryview as bytes
+            return _memoryview_reduce(obj)
         if cls in _LOCKS and not self._is_top(obj):  # a lock alone is not stored at all
             self.notes.append("a lock is restored as a new, unlocked one")
             return _new_lock, (cls is _LOCKS[1],)
@@ -448,6 +450,37 @@ def _unstorable(obj: Any) -> str | None:
                       for k in (getattr(module, n, None) for n in names) if isinstance(k, type))
         found = _unstorable_types[cls] = issubclass(cls, kinds)
     return cls.__name__ if found else None
+
+
+def _memoryview_reduce(view: memoryview) -> Any:
+    """A memoryview as a view of its object (pickled, and so shared, with it) when it shows
+    all of it; any other as a view of a copy, read-only or not as it was."""
+    owner = view.obj
+    try:
+        whole = owner is not None and view.c_contiguous and memoryview(owner).nbytes == view.nbytes
+    except TypeError:  # an object whose buffer cannot be asked for again
+        whole = False
+    if whole:
+        return _memoryview_over, (owner, view.format, view.shape)
+    return _memoryview_copy, (view.tobytes(), view.readonly, view.format, view.shape)
+
+
+def _shaped(view: memoryview, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    if (view.format, view.shape) == (fmt, shape):
+        return view
+    try:
+        return view.cast("B").cast(fmt, shape)
+    except (TypeError, ValueError):  # a format cast() does not take: the bytes, unshaped
+        return view
+
+
+def _memoryview_over(owner: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    return _shaped(memoryview(owner), fmt, shape)
+
+
+def _memoryview_copy(data: bytes, readonly: bool, fmt: str, shape: tuple[int, ...]
+                     ) -> memoryview:
+    return _shaped(memoryview(data if readonly else bytearray(data)), fmt, shape)
 
 
 def _new_lock(reentrant: bool) -> Any:
