@@ -31,6 +31,7 @@ from txpy.compat import (
     copyreg_newobj,
     copyreg_slotnames,
     forget_line_magic,
+    fresh_classes,
     private,
     require,
 )
@@ -191,3 +192,13 @@ def test_a_skeleton_class_made_with_slots_has_slot_descriptors():
     assert cloudpickle_skeleton_bases(reduced) == (object,)
     rebuilt = reduced[0](*reduced[1])
     assert "x" in vars(rebuilt) and not hasattr(rebuilt(), "__dict__")
+
+
+def test_fresh_classes_unpickles_a_class_by_value_as_a_new_class():
+    ns = {"__name__": "__main__"}
+    exec("class K:\n    pass\n", ns)
+    data = cloudpickle.dumps(ns["K"])
+    assert cloudpickle.loads(data) is ns["K"]  # what the tracker does, and fresh_classes undoes
+    with fresh_classes():
+        assert cloudpickle.loads(data) is not ns["K"]
+    assert cloudpickle.loads(data) is ns["K"]

@@ -72,3 +72,24 @@ def test_a_memoryview_comes_back_as_a_view_of_its_buffer(session, store):
         print(type(view).__name__, view.obj is buf, buf.decode(), bytes(st["part"]).decode(),
               st["numbers"].format, len(st["numbers"]), st["part"].readonly)
     """) == ["memoryview", "True", "zbcd", "bc", "i", "2", "False"]
+
+
+def test_loading_a_commit_in_the_same_process_leaves_the_live_classes_alone(session, store):
+    import txpy
+
+    ns = session.namespace
+    run(ns, """
+        class Cache:
+            def __init__(self):
+                self.items = {}
+            def add(self, k):
+                self.items[k] = len(self.items)
+        cache = Cache()
+    """)
+    session.commit()
+    live_init = ns["Cache"].__init__
+    state = txpy.load(store, "t")
+    assert ns["Cache"].__init__ is live_init and live_init.__globals__ is ns
+    assert state["Cache"] is not ns["Cache"] and isinstance(state["cache"], state["Cache"])
+    ns["cache"].add("a")
+    session.commit()  # verify mode: the live class did not change behind the session's back

@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 from . import env
+from .compat import fresh_classes
 from .components import first_failure, load_in_order, read_manifests
 from .errors import TxpyError, TxpyWarning
 from .frontends.runner import checkpoint
@@ -47,7 +48,8 @@ def load(store: str | os.PathLike[str] = ".txpy", name: str | None = None,
         tree = repo.tree(target)
         state: dict[str, Any] = {}
         manifests, failed = read_manifests(repo, tree, set(tree.components.values()))
-        failed.update(load_in_order(repo, manifests, state, state.update, _warn))
+        with fresh_classes():  # never the live session's classes, reset from this commit
+            failed.update(load_in_order(repo, manifests, state, state.update, _warn))
         if failed:
             raise first_failure(failed)
         if tree.unstored:

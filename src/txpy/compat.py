@@ -20,6 +20,8 @@ import copyreg
 import platform
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
@@ -95,6 +97,32 @@ def cloudpickle_skeleton_bases(reduced: Any) -> tuple[type, ...] | None:
     if reduced is NotImplemented or reduced[0] is not cloudpickle_make_skeleton_class:
         return None
     return reduced[1][2]
+
+
+#: ``cloudpickle.cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID`` and its lock (cloudpickle 3.x): a
+#: class pickled by value is unpickled as the live class of the same tracker id, when this
+#: process has one, and its attributes are reset from the pickle.
+_CLASS_TRACKER = private(_cp, "_DYNAMIC_CLASS_TRACKER_BY_ID", "cloudpickle", _CLOUDPICKLE)
+_CLASS_TRACKER_LOCK = private(_cp, "_DYNAMIC_CLASS_TRACKER_LOCK", "cloudpickle", _CLOUDPICKLE)
+
+
+@contextmanager
+def fresh_classes() -> Iterator[None]:
+    """Unpickle classes stored by value as new classes, not as this process's live ones.
+
+    Loading a commit into a new dict (txpy.load) in the process of a live session would
+    otherwise take the session's own classes and reset their methods to ones whose globals
+    are the new dict: the live session would change under its user. cloudpickle 3.x keeps no
+    public switch, so its tracker is emptied while the block runs, then put back."""
+    with _CLASS_TRACKER_LOCK:
+        saved = dict(_CLASS_TRACKER)
+        _CLASS_TRACKER.clear()
+    try:
+        yield
+    finally:
+        with _CLASS_TRACKER_LOCK:
+            _CLASS_TRACKER.clear()
+            _CLASS_TRACKER.update(saved)
 
 
 def cloudpickle_with_slots(reduced: Any, slots: Any) -> Any:
