@@ -121,21 +121,18 @@ class Transactions:
             raise
         except BaseException as e:
             if s.head is not before:  # interrupted once the commit stood: it is saved
-                self._saved()
+                self.settled()
             else:
                 self._failed(cand, e)
             if not isinstance(e, Exception):
                 raise
             return None
-        self._saved()
+        self.settled()
         return cid
 
     def settled(self) -> None:
-        """The namespace was just made what HEAD holds (a restore, a checkout): nothing from
-        earlier transactions is waiting to be committed."""
-        self._saved()
-
-    def _saved(self) -> None:
+        """The namespace is what HEAD holds (a commit stood, a restore, a checkout): nothing
+        from earlier transactions is waiting to be committed."""
         self._pending, self._unsaved = set(), None
 
     def _failed(self, cand: set[str] | None, e: BaseException) -> None:
@@ -168,7 +165,7 @@ class Transactions:
             if txn.head is not None and s.head is not None and s.head.id != txn.head.id:
                 # it moved HEAD (a checkout) before it failed: undo that too
                 s.return_to(txn.head, txn.branch)
-                self._saved()
+                self.settled()
                 s.notify(f"rolled back after {why}: back at commit {txn.head.short}"
                          + (f" on branch {txn.branch!r}" if txn.branch else ""))
                 return []
