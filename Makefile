@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench torture lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,3 +26,9 @@ bench: $(PY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# ≥ 1000 random SIGKILLs of sessions and their capturing children, each followed by fsck and a
+# load of every new commit (about 25 minutes; not in CI)
+torture: $(PY)
+	$(PIP) install -q -e '.[test]' torch==2.13.0
+	$(PY) benchmarks/torture.py --kills 1000

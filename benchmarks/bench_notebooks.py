@@ -4,8 +4,10 @@
 
 Each notebook (generated data only, modeled on the pandas "10 minutes", scikit-learn
 "getting started" and PyTorch "quickstart" tutorials) runs in a fresh kernel without txpy,
-with txpy's default (sync) durability and with async durability, interleaved in the same run;
-we print the best total time of each, the overheads, the store size and the time
+with each durability (sync, async, and background: the default, a forked child captures),
+interleaved in the same run; we print the best total time of each, the overheads, txpy's time
+per cell (median and p95 of the time from a cell's end to the prompt, all runs), the store
+size and the time
 ``%txpy restore`` takes in a new kernel. A last run measures a training-loop-like cell reading
 globals in a tight loop, where a tracking namespace would hurt most. With ``--think``, the
 kernel idles after each cell as when a person reads the output (see execute).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -79,17 +82,24 @@ def setup_cells(durability: str | None) -> list[str]:
     """The cells that turn txpy on (None: without txpy); they are not timed."""
     if durability is None:
         return []
-    return ["%load_ext txpy"] + (["%txpy durability async"] if durability == "async" else [])
+    return ["%load_ext txpy", f"%txpy durability {durability}"]
+
+
+REPORT = ("#report\nimport json\nfrom txpy.frontends.ipython import extension\n"
+          "print(json.dumps(list(extension(get_ipython()).costs)))")
 
 
 def notebook(cells: list[str], durability: str | None) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in setup_cells(durability) + cells]
+    report = [REPORT] if durability else []
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in setup_cells(durability) + cells + report]
     return nb
 
 
-def execute(nb: nbformat.NotebookNode, cwd: str, think: float = 0.0) -> float:
-    """Seconds spent in the notebook's own cells (the kernel start and txpy's setup excluded).
+def execute(nb: nbformat.NotebookNode, cwd: str, think: float = 0.0
+            ) -> tuple[float, list[float]]:
+    """Seconds spent in the notebook's own cells (the kernel start and txpy's setup excluded),
+    and txpy's seconds after each cell as its extension measured them.
 
     think: seconds of idle time after each cell, not counted, as a person reading the output
     leaves: async durability writes a commit then; run back to back, it competes with the
@@ -98,19 +108,24 @@ def execute(nb: nbformat.NotebookNode, cwd: str, think: float = 0.0) -> float:
                             resources={"metadata": {"path": cwd}})
     client.km = client.create_kernel_manager()
     client.km.kernel_spec.argv[0] = sys.executable
+    costs: list[float] = []
     with client.setup_kernel(cwd=cwd):
         total = 0.0
         for index, cell in enumerate(nb.cells):
             started = time.perf_counter()
             client.execute_cell(cell, index)
-            if not cell.source.startswith("%"):
+            if cell.source.startswith("#report"):
+                text = "".join(o.get("text", "") for o in cell.outputs
+                               if o.get("name") == "stdout")
+                costs = json.loads(text)
+            elif not cell.source.startswith("%"):
                 total += time.perf_counter() - started
                 time.sleep(think)
             errors = [o for o in cell.get("outputs", ()) if o.get("output_type") == "error"
                       or (o.get("name") == "stderr" and "could not" in o.get("text", ""))]
             if errors:
                 raise RuntimeError(f"cell {index} failed: {errors}")
-    return total
+    return total, costs
 
 
 def restore_seconds(cwd: str) -> float:
@@ -136,20 +151,28 @@ def size(path: Path) -> int:
 
 
 def bench(name: str, cells: list[str], repeat: int = 3, think: float = 0.0) -> None:
-    """Runs without txpy, with sync and with async durability, interleaved; best of repeat."""
-    runs: dict[str | None, list[float]] = {None: [], "sync": [], "async": []}
+    """Runs without txpy and with each durability, interleaved; best of repeat."""
+    modes = (None, "sync", "async", "background")
+    runs: dict[str | None, list[float]] = {m: [] for m in modes}
+    costs: dict[str | None, list[float]] = {m: [] for m in modes}
     store_size = restore = 0.0
     for _ in range(repeat):
-        for durability, times in runs.items():
+        for durability in modes:
             with tempfile.TemporaryDirectory() as d:
-                times.append(execute(notebook(cells, durability), d, think))
-                if durability == "sync":
+                total, cell_costs = execute(notebook(cells, durability), d, think)
+                runs[durability].append(total)
+                costs[durability] += cell_costs
+                if durability == "background":
                     store_size = size(Path(d) / ".txpy")
                     restore = restore_seconds(d)
-    p, sync, asyn = (min(runs[k]) for k in (None, "sync", "async"))
-    print(f"{name:<12} cells={len(cells):>2}  plain={p:6.2f}s  sync={sync:6.2f}s "
-          f"({100 * (sync - p) / p:+5.1f}%)  async={asyn:6.2f}s ({100 * (asyn - p) / p:+5.1f}%)"
-          f"  store={store_size / 2**20:6.1f} MB  restore={restore:5.2f}s", flush=True)
+    plain = min(runs[None])
+    print(f"{name:<12} cells={len(cells):>2}  plain={plain:6.2f}s  store={store_size / 2**20:6.1f}"
+          f" MB  restore={restore:5.2f}s", flush=True)
+    for mode in modes[1:]:
+        best, per_cell = min(runs[mode]), sorted(costs[mode])
+        median, p95 = (per_cell[int(q * (len(per_cell) - 1))] for q in (0.5, 0.95))
+        print(f"  {mode:<10} {best:6.2f}s ({100 * (best - plain) / plain:+5.1f}%)   txpy per cell:"
+              f" median {1000 * median:6.1f} ms  p95 {1000 * p95:6.1f} ms", flush=True)
 
 
 def main() -> None:

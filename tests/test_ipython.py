@@ -8,12 +8,18 @@ import pytest
 from txpy.frontends import ipython as front
 
 
-def run(ip, source):
+def run(ip, source, *, settle=True):
     """Run a cell. The session's verify mode (on in tests) checks every name after each
-    commit; the extension keeps a failed commit's error instead of raising it, so look."""
+    commit; the extension keeps a failed commit's error instead of raising it, so look.
+
+    settle: then wait for the cell's commit, which a forked child captures in the background
+    (the default durability), as a person reading the cell's output would; test_background
+    and the kernel tests run cells while children capture."""
     result = ip.run_cell(source)
     ext = front.extension(ip)
     if ext is not None:
+        if settle and ext.session is not None:
+            ext.session.wait()
         assert not [e for e in ext.errors if isinstance(e, AssertionError)], ext.errors
     return result
 

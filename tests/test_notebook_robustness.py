@@ -181,6 +181,7 @@ class _Kernel:
         exec(source, self.ext.ip.user_ns)
         self.ext.post_run_cell(types.SimpleNamespace(info=info, error_in_exec=None,
                                                      error_before_exec=None))
+        self.ext.session.wait()  # its commit, captured in the background, is in the store
 
 
 def test_a_third_kernel_restores_without_taking_over_a_live_kernels_branch(ip, capsys):

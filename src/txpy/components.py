@@ -81,6 +81,21 @@ class ComponentWriter:
             key = self._keys[k] = chunk_key(data)
         return key
 
+    def keys_known(self) -> int:
+        """A mark for `keys_since`."""
+        return len(self._keys)
+
+    def keys_since(self, mark: int) -> list[tuple[tuple[bytes, int], str]]:
+        """The chunk keys computed since mark (all, if the cache was cleared meanwhile): what
+        a forked child hands back so that its parent does not hash those chunks again."""
+        items = list(self._keys.items())
+        return items[mark:] if len(items) >= mark else items
+
+    def learn_keys(self, items: list[tuple[tuple[bytes, int], str]]) -> None:
+        if len(self._keys) + len(items) >= _KEY_CACHE_LIMIT:
+            self._keys.clear()
+        self._keys.update(items)
+
     def stage(self, names: tuple[str, ...], fp: Fingerprint) -> str:
         """Queue the component's chunks and its manifest; return the manifest key."""
         pending = self._pending

@@ -29,6 +29,15 @@ class Known:
     #: names that share nothing (seen in a pandas notebook: four frames became one component)
     shared: dict[int, Any]
     storages: frozenset[int]
+    #: seconds encoding it took: whether capturing it is cheaper in process than a fork
+    cost: float = 0.0
+
+    def by_ids(self) -> Known:
+        """This knowledge holding ids only (what a forked child can report): an id of an
+        object that dies is not reused before the name is examined again, because the name
+        still holds it unless it changed, which makes it a candidate."""
+        return Known(self.obj_id, self.digest, dict.fromkeys(self.shared), self.storages,
+                     self.cost)
 
 
 def persistent(shared: dict[int, Any]) -> dict[int, Any]:
@@ -89,6 +98,16 @@ class Knowledge:
                     examine.update(m for m in by_component[key] if m in current)
         return examine
 
+    def cost_of(self, names: Iterable[str]) -> float:
+        """Seconds encoding names took when they were last examined (inf if one is new)."""
+        total = 0.0
+        for n in names:
+            known = self._known.get(n)
+            if known is None:
+                return float("inf")
+            total += known.cost
+        return total
+
     def groups(self, names: Iterable[str], fresh: Mapping[str, set[int]]
                ) -> list[tuple[str, ...]]:
         """names grouped into co-variables (see SharingIndex.groups)."""
@@ -96,18 +115,19 @@ class Knowledge:
 
     @staticmethod
     def learned(current: Mapping[str, Any], examine: set[str],
-                prints: Mapping[str, Fingerprint]) -> dict[str, Known]:
+                prints: Mapping[str, Fingerprint], costs: Mapping[str, float]
+                ) -> dict[str, Known]:
         """What examining names taught, ready to be adopted when the commit is."""
         learned = {}
         for n in examine:
             fp = prints.get(n)
             if fp is None:
-                learned[n] = Known(id(current[n]), None, {}, frozenset())
+                learned[n] = Known(id(current[n]), None, {}, frozenset(), costs.get(n, 0.0))
                 continue
             shared = fp.encoded.shared
             learned[n] = Known(id(current[n]), fp.digest,
                                persistent(shared) if fp.encoded.from_memo else shared,
-                               frozenset(fp.encoded.storages))
+                               frozenset(fp.encoded.storages), costs.get(n, 0.0))
         return learned
 
     def adopt(self, learned: Mapping[str, Known], gone: Iterable[str]) -> None:

@@ -33,7 +33,15 @@ from .errors import (
 from .model import Commit, ComponentManifest, Diff, Tree
 from .refs import RefsContainer
 from .signing import Signer, verify
-from .store.backend import LocalBackend, SqliteBackend, TieredBackend
+from .store.backend import (
+    Body,
+    Bytes,
+    LocalBackend,
+    SqliteBackend,
+    TieredBackend,
+    body_bytes,
+    body_size,
+)
 from .store.chunks import ChunkStore, chunk_key
 from .store.meta import MetaDB
 
@@ -81,6 +89,17 @@ class CommitRecord:
     body: bytes
     sig: str
     signer: str
+
+
+@dataclass(frozen=True)
+class ChildChunks:
+    """What a forked child wrote of a commit (`Repository.write_in_child`): under which gc
+    epoch, every chunk key the commit needs, and the small bodies left for the parent."""
+
+    epoch: int
+    keys: tuple[str, ...]
+    small: list[tuple[str, bytes]]
+    bytes_new: int
 
 
 @dataclass
@@ -183,6 +202,51 @@ class Repository:
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def write_in_child(self, chunks: list[tuple[str, Bytes, int]]) -> ChildChunks:
+        """In a forked child: store the chunks the store lacks whose body is large (a file
+        each); return the small ones' bodies for the parent to store with the record (they
+        go to SQLite, which a forked child must not touch). Under a lock descriptor of its
+        own: the inherited one is shared with the parent, and unlocking it would unlock both.
+        """
+        fd = os.open(self.path / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            raw = os.pread(fd, 8, 0)
+            epoch = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+            self.chunks.revalidate(epoch)
+            large, small = self._objects.large, []
+            threshold = self._objects.threshold
+
+            def large_bodies() -> Iterator[tuple[str, Body]]:
+                for key, body in self.chunks.bodies_of_new(chunks, large.exists):
+                    if body_size(body) < threshold:
+                        small.append((key, body_bytes(body)))
+                    else:
+                        yield key, body
+
+            written = large.put_many(large_bodies())
+        finally:
+            os.close(fd)
+        return ChildChunks(epoch, tuple(k for k, _, _ in chunks), small,
+                           written + sum(len(b) for _, b in small))
+
+    def publish_from_child(self, commit: Commit, branch: str | None,
+                           written: ChildChunks) -> str:
+        """Publish a commit whose chunks a forked child wrote (`write_in_child`): its small
+        chunks, record and branch move; the branch used (see `new_commit`). If a gc ran
+        since the child wrote, every chunk the commit needs is checked first."""
+        with self.writing():
+            if self._gc_epoch() != written.epoch:
+                small = {k for k, _ in written.small}
+                missing = [k for k in written.keys if k not in small and not self.chunks.has(k)]
+                if missing:
+                    raise CorruptStoreError(f"a gc removed {len(missing)} chunks of this commit "
+                                            "before it was recorded")
+            self.chunks.put_bodies(written.small)
+            self.chunks.remember(written.keys)
+            _, used = self.new_commit(commit, branch)
+        return used
 
     def _gc_epoch(self) -> int:
         raw = os.pread(self._lock_fd, 8, 0)

@@ -18,7 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from . import env, globalstate, interrupts
+from . import capture, env, globalstate, interrupts
+from .background import Background, Published
 from .components import (
     ComponentWriter,
     Fingerprint,
@@ -28,20 +29,34 @@ from .components import (
 from .describe import describe
 from .encode import UnpicklableError, encode
 from .errors import CommitFailedError, RestoreError, TxpyError
-from .knowledge import Knowledge
+from .knowledge import Knowledge, Known
 from .loading import RNG_NAME, Loader, announce
 from .model import ANY_NAME, Commit, Diff, Tree, Unstored
 from .repo import Repository
 from .store.backend import Bytes
 
 
-@dataclass(frozen=True)
-class _Published:
-    """HEAD as it was before a commit: where the session goes back if writing it fails."""
+@dataclass
+class Captured:
+    """What examining the namespace found: the tree to commit, its changed components
+    (staged in the writer), and what the session learns once the commit stands."""
 
-    head: Commit | None
-    tree: Tree | None
-    branch: str | None
+    tree: Tree
+    tree_key: str
+    staged: dict[tuple[tuple[str, ...], str], str]
+    learned: dict[str, Known]
+    escaping: set[str]
+    gone: set[str]
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    examined: int
+
+
+#: sync: a transaction returns once its commit is on disk; async: captured in process, written
+#: while the next one runs; background: captured and written by a forked copy-on-write child
+#: (where fork exists) while the next one runs
+DURABILITIES = ("sync", "async", "background")
+DEFAULT_DURABILITY = "background" if capture.AVAILABLE else "sync"
 
 
 def default_notify(message: str) -> None:
@@ -63,12 +78,12 @@ class Session:
                  namespace: dict[str, Any] | None = None, *, verify: bool | None = None,
                  durability: str | None = None, ignore: Callable[[str], bool] = is_dunder,
                  notify: Callable[[str], None] = default_notify):
-        durability = durability or os.environ.get("TXPY_DURABILITY", "sync")
-        if durability not in ("sync", "async"):
-            raise TxpyError(f"durability is 'sync' or 'async', not {durability!r}")
+        durability = durability or os.environ.get("TXPY_DURABILITY") or DEFAULT_DURABILITY
+        if durability not in DURABILITIES:
+            raise TxpyError(f"durability is one of {', '.join(DURABILITIES)}, not {durability!r}")
         self.durability = durability
         self._pool: ThreadPoolExecutor | None = None
-        self._writing: tuple[Future[None], _Published] | None = None
+        self._writing: tuple[Future[None], Published] | None = None
         self.repo = Repository.open(store, create=True)
         self.name = name
         self.namespace: dict[str, Any] = {} if namespace is None else namespace
@@ -85,11 +100,17 @@ class Session:
         self._branch, head = self.repo.refs.head(name)
         self._head: Commit | None = self.repo.read_commit(head) if head else None
         self._tree: Tree | None = self.repo.tree(self._head) if self._head else None
+        self._background = Background(self)
+        #: in-process commits that stood: whether a commit call did, whatever merges of
+        #: background captures moved HEAD meanwhile
+        self.stood = 0
+        self._moves: list[Published] = []  # HEAD before each checkout, restore, return_to
 
     def close(self) -> None:
         try:
             self.wait()
         finally:
+            self._background.close()
             if self._pool is not None:
                 self._pool.shutdown()
             self.repo.close()
@@ -121,8 +142,12 @@ class Session:
     # --- commit --------------------------------------------------------------------------
     def commit(self, message: str = "", *, kind: str = "api", code: str | None = None,
                candidates: Iterable[str] | None = None, duration: float = 0.0,
-               expected: Iterable[str] | None = None) -> str:
+               expected: Iterable[str] | None = None, background: bool = False) -> str:
         """Store the namespace's state; return the commit id (HEAD's if nothing changed).
+
+        background (with durability "background"): capture in a forked copy-on-write child
+        when that is cheaper than capturing here; the commit id is then "" (known once
+        `wait()` returns, or at the next commit).
 
         candidates: names the transaction could have read or written; None examines all.
         expected (with candidates None, a sweep): the names the transactions since HEAD named;
@@ -137,24 +162,25 @@ class Session:
         """
         started = time.perf_counter()
         cand = None if candidates is None else set(candidates) | self.escaped
+        if background and self._background.start(cand, expected, kind=kind, message=message,
+                                                  code=code, duration=duration, started=started):
+            return ""
+        if self._background.pending:
+            self._background.drain(failures="forget")  # what in-process capture builds on
         try:
             current = self._tracked()
-            examine = self._known.to_examine(current, cand, self._tree)
-            prints, unstored = self._encode_names(current, examine)
-            escaping = set() if cand is not None or expected is None \
-                else self._escapees(current, prints, set(expected))
-            tree, staged = self._tree_of(current, examine, prints, unstored)
-            tree_key = self._writer.stage_object(tree.to_bytes())
-            learned = Knowledge.learned(current, examine, prints)
+            c = self._capture(current, self._known.to_examine(current, cand, self._tree),
+                              cand, expected)
         except BaseException:
             self._writer.discard()
             raise
-        gone = self._known.names() - current.keys()
-        self._escaped_now(escaping, gone)
-        if self._head is not None and tree_key == self._head.tree:
+        self._escaped_now(c.escaping, c.gone)
+        tree, learned, gone = c.tree, c.learned, c.gone
+        if self._head is not None and c.tree_key == self._head.tree:
             self._writer.discard()
             with interrupts.held():
                 self._known.adopt(learned, gone)
+                self.stood += 1
             if self.verify and cand is not None:
                 self._verify_against(tree)
             return self._head.id
@@ -171,30 +197,45 @@ class Session:
             announce(self.notify, "writing", new_bytes)
         commit = Commit(
             id="", history=self.name, parents=(self._head.id,) if self._head else (),
-            tree=tree_key, time=time.time(), kind=kind, message=message, code=code,
-            reads=ANY_NAME if cand is None else tuple(sorted(cand & current.keys())),
-            writes=self._writes(tree, current, examine), env=env.fingerprint(),
-            duration=duration,
-            stats={"examined": len(examine), "bytes_new": new_bytes,
+            tree=c.tree_key, time=time.time(), kind=kind, message=message, code=code,
+            reads=c.reads, writes=c.writes, env=env.fingerprint(), duration=duration,
+            stats={"examined": c.examined, "bytes_new": new_bytes,
                    "commit_seconds": round(time.perf_counter() - started, 6)},
         ).sealed()
-        before = _Published(self._head, self._tree, self._branch)
+        before = Published(self._head, self._tree, self._branch)
         if background:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txpy-writer")
             with interrupts.held():  # the writer may not start without its way back
                 self._head, self._tree = commit, tree
                 self._known.adopt(learned, gone)
-                self._writing = (self._pool.submit(self._publish, commit, chunks, live, staged,
+                self.stood += 1
+                self._writing = (self._pool.submit(self._publish, commit, chunks, live, c.staged,
                                                    before, self._on_branch), before)
         else:
             def adopt(branch: str) -> None:
                 self._head, self._tree, self._branch = commit, tree, branch
                 self._known.adopt(learned, gone)
-            self._publish(commit, chunks, live, staged, before, adopt)
+                self.stood += 1
+            self._publish(commit, chunks, live, c.staged, before, adopt)
         if self.verify and cand is not None:
             self._verify_against(tree)
         return commit.id
+
+    def _capture(self, current: dict[str, Any], examine: set[str], cand: set[str] | None,
+                 expected: Iterable[str] | None) -> Captured:
+        """Examine names of current (encode, fingerprint, group, stage what changed): in
+        this process, or in a forked child whose memory is this process's at the fork."""
+        prints, unstored, costs = self._encode_names(current, examine)
+        escaping = set() if cand is not None or expected is None \
+            else self._escapees(current, prints, set(expected))
+        tree, staged = self._tree_of(current, examine, prints, unstored)
+        return Captured(
+            tree, self._writer.stage_object(tree.to_bytes()), staged,
+            Knowledge.learned(current, examine, prints, costs), escaping,
+            set(self._known.names() - current.keys()),
+            ANY_NAME if cand is None else tuple(sorted(cand & current.keys())),
+            self._writes(tree, current, examine), len(examine))
 
     def _escapees(self, current: dict[str, Any], prints: dict[str, Fingerprint],
                   expected: set[str]) -> set[str]:
@@ -231,7 +272,7 @@ class Session:
         return self._build_tree(current, examine, prints, groups, unstored)
 
     def _publish(self, commit: Commit, chunks: list[tuple[str, Bytes, int]], live: set[str],
-                 staged: dict[tuple[tuple[str, ...], str], str], before: _Published,
+                 staged: dict[tuple[tuple[str, ...], str], str], before: Published,
                  adopt: Callable[[str], None]) -> None:
         """Write a commit's new chunks, then its record and branch move (one SQLite txn).
 
@@ -251,7 +292,7 @@ class Session:
     def _on_branch(self, branch: str) -> None:
         self._branch = branch
 
-    def _back_to(self, before: _Published) -> None:
+    def _back_to(self, before: Published) -> None:
         """A commit failed to be written: HEAD is what it was, and nothing examined since is
         trusted (the next commit examines every name)."""
         self._head, self._tree, self._branch = before.head, before.tree, before.branch
@@ -262,7 +303,12 @@ class Session:
         failed, the session goes back to the last written commit and this raises.
 
         Interrupted while waiting, the write stays pending: it may still succeed, and the
-        session must not go back to a HEAD the store has already moved past."""
+        session must not go back to a HEAD the store has already moved past.
+
+        With background durability: wait for every capture and merge it (CommitFailedError if
+        the latest one failed)."""
+        if self._background.pending:
+            self._background.drain(failures="raise")
         pending = self._writing
         if pending is None:
             return
@@ -283,7 +329,25 @@ class Session:
                 "HEAD is back at the last commit that was") from e
         self._writing = None
 
-    def _branch_message(self, branch: str, before: _Published) -> str:
+    @property
+    def moves(self) -> int:
+        """How many times HEAD was moved by checkout, restore or return_to."""
+        return len(self._moves)
+
+    def before_move(self, count: int) -> Published:
+        """HEAD just before move number count (0: the first), its captures all merged: where
+        a failed transaction that moved HEAD goes back to."""
+        return self._moves[count]
+
+    def capturing(self) -> int:
+        """How many transactions forked children are still capturing: not yet durable."""
+        return self._background.capturing()
+
+    def resume_background(self) -> None:
+        """Capture in the background again after a failure turned it off."""
+        self._background.off = None
+
+    def _branch_message(self, branch: str, before: Published) -> str:
         if before.branch is None:
             return (f"HEAD was at older commit {before.head.short}; new commits go on branch "  # type: ignore[union-attr]
                     f"{branch!r} (nothing is lost)")
@@ -291,11 +355,13 @@ class Session:
                 f"this session continues on branch {branch!r}")
 
     def _encode_names(self, current: dict[str, Any], examine: set[str]
-                      ) -> tuple[dict[str, Fingerprint], dict[str, Unstored]]:
+                      ) -> tuple[dict[str, Fingerprint], dict[str, Unstored], dict[str, float]]:
         prints: dict[str, Fingerprint] = {}
         unstored: dict[str, Unstored] = {}
+        costs: dict[str, float] = {}
         for n in sorted(examine):
             value = current[n]
+            began = time.perf_counter()
             try:
                 prints[n] = fingerprint(encode(value, self.namespace, collect_shared=True))
                 held = prints[n].encoded.placeholders
@@ -306,7 +372,8 @@ class Session:
                 unstored[n] = Unstored(type(value).__name__, str(e))
                 self._say_once(n, f"{n!r} is not stored ({type(value).__name__}: {e}); "
                                    "a restore will not bring it back")
-        return prints, unstored
+            costs[n] = time.perf_counter() - began
+        return prints, unstored, costs
 
     def _say_once(self, name: str, message: str) -> None:
         if (name, message) not in self._warned:
@@ -372,12 +439,17 @@ class Session:
 
     def _verify_against(self, tree: Tree) -> None:
         """Verify mode: every name, examined or not, must match what was committed."""
-        current = self._tracked()
-        for n, value in current.items():
-            if n in tree.unstored:
-                continue
-            if tree.fingerprints.get(n) != digest_of(value, self.namespace):
-                raise AssertionError(f"txpy verify: {n!r} changed but was not examined")
+        n = self._unexamined_change(tree)
+        if n is not None:
+            raise AssertionError(f"txpy verify: {n!r} changed but was not examined")
+
+    def _unexamined_change(self, tree: Tree) -> str | None:
+        """A name whose value differs from what tree holds of it (None: none does)."""
+        for n, value in self._tracked().items():
+            if n not in tree.unstored and tree.fingerprints.get(n) != digest_of(value,
+                                                                                self.namespace):
+                return n
+        return None
 
     # --- transactions --------------------------------------------------------------------
     def transaction(self, message: str = "") -> AbstractContextManager[Session]:
@@ -424,6 +496,7 @@ class Session:
         is committed first, so nothing is lost. Loads only what differs."""
         self.wait()
         target = self.repo.resolve(self.name, ref)
+        self._moves.append(Published(self._head, self._tree, self._branch))
         self.commit(message=f"before checkout of {ref}", kind="auto")
         branch = ref if self.repo.refs.tip(self.name, ref) == target.id else None
         self._move_to(target, branch)
@@ -437,6 +510,7 @@ class Session:
         on ref's: a kernel sharing a history with a live one keeps off the live one's branch."""
         self.wait()
         target = self.repo.resolve(self.name, ref)
+        self._moves.append(Published(self._head, self._tree, self._branch))
         if on_branch is not None:
             self.repo.refs.move(self.name, on_branch, target.id)
             branch: str | None = on_branch
@@ -452,6 +526,7 @@ class Session:
         that moved them and then failed (a checkout inside a cell that raised): the branch
         ref goes back too, so the failed transaction leaves no trace but commits in the log."""
         self.wait()
+        self._moves.append(Published(self._head, self._tree, self._branch))
         if branch is not None:
             self.repo.refs.move(self.name, branch, head.id)
         self._known.forget()  # the failed transaction may have mutated anything after its moves

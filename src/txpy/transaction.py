@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import track
-from .model import Commit
 from .session import Session
 
 #: One commit in this many examines every name. Measured: a sweep costs what a commit of every
@@ -36,12 +35,12 @@ SWEEP_EVERY = 50
 
 @dataclass
 class Transaction:
-    """One transaction while it runs: the code it ran and where HEAD was when it began."""
+    """One transaction while it runs: the code it ran and the HEAD moves before it."""
 
-    head: Commit | None
-    branch: str | None
     #: why the state before it is not committed (its last commit failed twice), or None
     unsaved: BaseException | None
+    #: the session's count of HEAD moves when it began (see Session.moves)
+    moves: int = 0
     started: float = field(default_factory=time.perf_counter)
     #: names it could touch; None: any
     candidates: set[str] | None = field(default_factory=set)
@@ -54,11 +53,15 @@ class Transactions:
 
     unit: what a frontend calls a transaction ("cell", "statement"), for its messages.
     hook: names a frontend's code reaches in ways only it knows (see track.candidates).
+    background: commits may be captured by a forked child (with the session's durability
+    "background"): their ids are then known later, so a frontend that records ids says no.
     """
 
     def __init__(self, session: Session, unit: str = "transaction",
-                 hook: track.Hook | None = None, errors: list[BaseException] | None = None):
+                 hook: track.Hook | None = None, errors: list[BaseException] | None = None,
+                 background: bool = False):
         self.session = session
+        self.background = background
         self.unit = unit
         self.hook = hook
         #: commit and rollback failures, for the curious (a frontend may share its list)
@@ -75,9 +78,9 @@ class Transactions:
     def begin(self, code: types.CodeType | None = None, source: str = "") -> Transaction:
         """A transaction starts (and runs code, when given); a failed commit is retried first."""
         if self._unsaved is not None:
-            self.commit(Transaction(None, None, None), kind="auto", message="retry")
+            self.commit(Transaction(None), kind="auto", message="retry")
         s = self.session
-        txn = Transaction(s.head, s.branch, self._unsaved)
+        txn = Transaction(self._unsaved, s.moves)
         if code is not None or source:
             self.note(txn, code, source)
         return txn
@@ -103,7 +106,8 @@ class Transactions:
     def commit(self, txn: Transaction, *, kind: str, message: str = "",
                full: bool = False) -> str | None:
         """Commit the namespace after txn (and after earlier transactions not committed yet);
-        the commit id, or None if it failed (said once; the next transaction retries it).
+        the commit id ("" while a forked child captures it), or None if it failed (said once;
+        the next transaction retries it).
 
         An exception other than Exception (an interrupt) is re-raised after the bookkeeping:
         the commit then either happened whole or not at all."""
@@ -112,15 +116,16 @@ class Transactions:
         named = None if txn.candidates is None or self._pending is None \
             else self._pending | txn.candidates
         cand = None if full or self._commits % SWEEP_EVERY == 0 else named
-        before = s.head
+        before = s.stood
         try:
             cid = s.commit(message, kind=kind, code="\n".join(txn.codes) or None,
                            candidates=cand, duration=time.perf_counter() - txn.started,
-                           expected=named if cand is None else None)
+                           expected=named if cand is None else None,
+                           background=self.background)
         except AssertionError:  # verify mode found a missed change: a bug, never hidden
             raise
         except BaseException as e:
-            if s.head is not before:  # interrupted once the commit stood: it is saved
+            if s.stood != before:  # interrupted once the commit stood: it is saved
                 self.settled()
             else:
                 self._failed(cand, e)
@@ -162,12 +167,13 @@ class Transactions:
                      f"the namespace is as the failed {self.unit} left it")
             return None
         try:
-            if txn.head is not None and s.head is not None and s.head.id != txn.head.id:
+            was = s.before_move(txn.moves) if s.moves > txn.moves else None
+            if was is not None and was.head is not None:
                 # it moved HEAD (a checkout) before it failed: undo that too
-                s.return_to(txn.head, txn.branch)
+                s.return_to(was.head, was.branch)
                 self.settled()
-                s.notify(f"rolled back after {why}: back at commit {txn.head.short}"
-                         + (f" on branch {txn.branch!r}" if txn.branch else ""))
+                s.notify(f"rolled back after {why}: back at commit {was.head.short}"
+                         + (f" on branch {was.branch!r}" if was.branch else ""))
                 return []
             cand = None if self._pending is None or txn.candidates is None \
                 else self._pending | txn.candidates
@@ -189,7 +195,7 @@ class Transactions:
         """A ``with`` block as a transaction: commit on success; on any exception
         (KeyboardInterrupt too) roll back and re-raise. What it touches is unknown: its
         commit examines every name."""
-        self.commit(Transaction(None, None, None), kind="auto")
+        self.commit(Transaction(None), kind="auto")
         txn = self.begin()
         self.note(txn, None, "")
         try:

@@ -15,7 +15,9 @@ import os
 import re
 import shlex
 import sys
+import time
 import types
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from ..errors import TxpyError
 from ..humanize import when
 from ..model import Commit
 from ..repo import store_for
-from ..session import Session, is_dunder
+from ..session import DURABILITIES, Session, is_dunder
 from ..transaction import Transaction, Transactions, one_line
 from .ipython_calls import shell_calls
 
@@ -43,7 +45,7 @@ _NEVER_STORED = re.compile(r"__(?!(name|doc|builtins|builtin|package|loader|spec
                            r"annotations)__)\w+__|_(sh|oh|ih|dh|exit_code)|In|Out|exit|quit|"
                            r"get_ipython")
 _USAGE = ("usage: %txpy restore [COMMIT] | log | diff A [B] | checkout COMMIT|BRANCH | "
-          "branch [NAME] | status | off | on | session NAME | durability sync|async")
+          "branch [NAME] | status | off | on | session NAME | durability sync|async|background")
 
 
 def notify(message: str) -> None:
@@ -92,6 +94,8 @@ class Extension:
         self.ip = ip
         self.enabled = True
         self.errors: list[BaseException] = []  # commit failures, for the curious and for tests
+        #: seconds each of the last cells waited for txpy after it ran (what a user feels)
+        self.costs: deque[float] = deque(maxlen=1000)
         self.store = Path(store) if store is not None else store_for(os.getcwd())
         self.session: Session | None = None
         self.lease: _Lease | None = None
@@ -120,7 +124,7 @@ class Extension:
         self.detach()
         self.session = Session(self.store, history, self.ip.user_ns, ignore=self.ignore,
                                notify=notify)
-        self.txns = Transactions(self.session, "cell", shell_calls, self.errors)
+        self.txns = Transactions(self.session, "cell", shell_calls, self.errors, background=True)
         self.lease = _Lease(self.session.repo.path, history)
         head, found_on = self.session.head, self.session.branch
         if not self.lease.held:
@@ -204,8 +208,7 @@ class Extension:
         if self._fresh is not None:
             self._fresh = {n for n in self.ip.user_ns if not self.ignore(n)}
         if _only_txpy_magic(raw):  # %txpy commits by itself
-            return _Cell(Transaction(self.txns.session.head, self.txns.session.branch, None),
-                         True)
+            return _Cell(Transaction(None, self.txns.session.moves), True)
         if code is not None:
             self._tell_ignored(code)
         return _Cell(self.txns.begin(code, raw), False)
@@ -260,7 +263,10 @@ class Extension:
         assert self.txns is not None
         if self.saved is not None and self._fresh is not None:
             self._leave_saved_state()
-        if self.txns.commit(txn, kind=kind, message=message) is not None:
+        started = time.perf_counter()
+        committed = self.txns.commit(txn, kind=kind, message=message)
+        self.costs.append(time.perf_counter() - started)
+        if committed is not None:
             self._fresh = None
 
     def save_all(self, message: str) -> None:
@@ -427,8 +433,17 @@ class TxpyMagics(Magics):
 
     def _do_status(self) -> None:
         ext = self.ext
-        s = self._waited()
+        s = self.session
+        capturing = s.capturing()
         lines = porcelain.status(s.repo, s.name, at=self._at(s))
+        if capturing:
+            lines.append(f"not yet durable: {capturing} cell{'s' if capturing > 1 else ''} "
+                         "being captured in the background")
+        if ext.costs:
+            costs = sorted(ext.costs)
+            lines.append(f"txpy's time per cell: median {1000 * costs[len(costs) // 2]:.1f} ms, "
+                         f"p95 {1000 * costs[int(0.95 * (len(costs) - 1))]:.1f} ms "
+                         f"(last {len(costs)} cells)")
         if not (ext.lease and ext.lease.held):
             lines.append("(this history is shared with another kernel)")
         lines.append(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}, "
@@ -453,11 +468,14 @@ class TxpyMagics(Magics):
 
     def _do_durability(self, level: str) -> None:
         s = self.session
-        if level not in ("sync", "async"):
-            raise TxpyError("durability is sync (a cell returns once its commit is on disk) or "
-                            "async (the commit is written while the next cell runs)")
+        if level not in DURABILITIES:
+            raise TxpyError("durability is sync (a cell returns once its commit is on disk), "
+                            "async (the commit is written while the next cell runs) or "
+                            "background (a forked copy of the kernel captures and writes it)")
         s.wait()
         s.durability = level
+        if level == "background":
+            s.resume_background()
         print(f"durability: {level}")
 
     def _do_session(self, name: str) -> None:

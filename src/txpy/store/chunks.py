@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import blake3
@@ -43,9 +43,23 @@ HELPERS = 2
 WINDOW = 8
 
 
+_hash_threads = blake3.blake3.AUTO
+
+
+def _one_hash_thread() -> None:
+    """In a forked child blake3's thread pool (rayon) has no threads: a parallel hash would
+    wait for them forever (seen: background captures hung on the first 1 MiB chunk)."""
+    global _hash_threads
+    _hash_threads = 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_hash_thread)
+
+
 def chunk_key(data: bytes | memoryview) -> str:
-    """The store key of data: blake3, multithreaded for big inputs."""
-    threads = blake3.blake3.AUTO if len(data) >= (1 << 20) else 1
+    """The store key of data: blake3, multithreaded for big inputs (not in a forked child)."""
+    threads = _hash_threads if len(data) >= (1 << 20) else 1
     return blake3.blake3(data, max_threads=threads).hexdigest()
 
 
@@ -113,13 +127,26 @@ class ChunkStore:
         for key, data, _ in todo:
             if key in recheck and chunk_key(data) != key:
                 raise CorruptStoreError(f"chunk {key[:12]} changed while it was being written")
-        if sum(memoryview(data).nbytes for _, data, _ in todo) >= PARALLEL_FROM:  # bytes
-            bodies = self._encoded_by_helpers(todo)
-        else:
-            bodies = ((key, self._encode(data, width)) for key, data, width in todo)
-        written = self.backend.put_many(bodies)
+        written = self.backend.put_many(self._bodies(todo))
         self._known.update(key for key, _, _ in todo)
         return written
+
+    def bodies_of_new(self, chunks: Iterable[tuple[str, Bytes, int]],
+                      exists: Callable[[str], bool]) -> Iterator[tuple[str, Body]]:
+        """(key, body) of each chunk neither known to be stored (see `revalidate`) nor
+        exists(key): for a writer that routes bodies itself (a forked child, which must
+        not ask every backend whether a key exists)."""
+        return self._bodies([(k, d, w) for k, d, w in chunks
+                             if k not in self._known and not exists(k)])
+
+    def remember(self, keys: Iterable[str]) -> None:
+        """keys are stored (written by a forked child, checked by the caller under the lock)."""
+        self._known.update(keys)
+
+    def _bodies(self, todo: list[tuple[str, Bytes, int]]) -> Iterator[tuple[str, Body]]:
+        if sum(memoryview(data).nbytes for _, data, _ in todo) >= PARALLEL_FROM:  # bytes
+            return self._encoded_by_helpers(todo)
+        return ((key, self._encode(data, width)) for key, data, width in todo)
 
     def _encoded_by_helpers(self, todo: list[tuple[str, Bytes, int]]
                             ) -> Iterator[tuple[str, Body]]:

@@ -1,0 +1,284 @@
+"""Background capture (durability "background"): a forked copy-on-write child captures the
+state as it was when the transaction ended, while the next one runs."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import txpy
+from txpy import background
+from txpy.errors import CommitFailedError, CorruptStoreError
+from txpy.repo import Repository
+from txpy.store.chunks import chunk_key
+from txpy.transaction import Transactions
+
+PARENT = os.getpid()
+
+
+@pytest.fixture(autouse=True)
+def every_capture_forks(monkeypatch):
+    monkeypatch.setattr(background, "FORK_COST", 0.0)
+
+
+def open_session(store, ns, messages=None):
+    notify = (lambda m: None) if messages is None else messages.append
+    s = txpy.Session(store, "bg", ns, durability="background", notify=notify)
+    return s, Transactions(s, "cell", background=True)
+
+
+def run(txns, code):
+    """One cell: begin, run, commit (or roll back if it raises); what commit returned."""
+    txn = txns.begin()
+    compiled = compile(code, "<cell>", "exec")
+    txns.note(txn, compiled, code)
+    try:
+        exec(compiled, txns.session.namespace)
+    except Exception as e:
+        txns.rollback(txn, e)
+        return None
+    return txns.commit(txn, kind="cell")
+
+
+def restored(store):
+    return txpy.load(store, "bg")
+
+
+class Slow:
+    """Pickling it takes a while (in the child: the parent goes on meanwhile)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __reduce__(self):
+        time.sleep(self.seconds)
+        return Slow, (self.seconds,)
+
+
+class DiesInChild:
+    """Kills the process that pickles it, unless that is the test process."""
+
+    def __reduce__(self):
+        if os.getpid() != PARENT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return DiesInChild, ()
+
+
+class HangsInChild:
+    """Waits forever in a forked child (a lock another thread held at the fork)."""
+
+    def __reduce__(self):
+        while os.getpid() != PARENT:
+            time.sleep(1)
+        return HangsInChild, ()
+
+
+def test_a_commit_holds_the_state_when_the_transaction_ended_not_later(store):
+    ns = {"__name__": "__main__", "np": np}
+    s, txns = open_session(store, ns)
+    assert run(txns, "a = np.arange(1_000_000); lst = [1]; d = {'k': 1}") == ""
+    assert s._background.pending
+    # the next cell changes everything while the child may still be working
+    ns["a"][:] = -1
+    ns["lst"].append(2)
+    ns["d"]["k"] = 2
+    s.wait()
+    state = restored(store)
+    assert (state["a"] == np.arange(1_000_000)).all()
+    assert state["lst"] == [1] and state["d"] == {"k": 1}
+    assert s.head.stats["covers"] == 1 and s.head.stats["commit_seconds"] < 1
+    s.close()
+
+
+def test_commits_that_fall_behind_coalesce_and_the_last_state_is_whole(store):
+    ns = {"__name__": "__main__", "Slow": Slow, "np": np}
+    s, txns = open_session(store, ns)
+    run(txns, "slow = Slow(0.4); n = 0")
+    for i in range(1, 6):
+        assert run(txns, f"n = {i}; slow.seconds = 0.4; x{i} = [{i}]") == ""
+    s.wait()
+    log = s.log()
+    assert len(log) < 6  # some commits covered several cells
+    assert sum(c.stats["covers"] for c in log) == 6
+    assert log[0].code.count("\n") == log[0].stats["covers"] - 1
+    state = restored(store)
+    assert state["n"] == 5 and [state[f"x{i}"] for i in range(1, 6)] == [[1], [2], [3], [4],
+                                                                         [5]]
+    assert Repository.open(store).fsck().ok
+    s.close()
+
+
+def test_rollback_after_background_commits_is_exact(store):
+    ns = {"__name__": "__main__", "Slow": Slow}
+    s, txns = open_session(store, ns)
+    run(txns, "slow = Slow(0.3); lst = [1, 2]; d = {'a': 1}")
+    run(txns, "lst.append(3); d['b'] = 2")
+    before = (list(ns["lst"]), dict(ns["d"]), id(ns["lst"]))
+    assert run(txns, "lst.append(4); d.clear(); new = 1; 1 / 0") is None
+    assert (ns["lst"], ns["d"], id(ns["lst"])) == before
+    assert "new" not in ns
+    s.close()
+
+
+def test_a_failing_transaction_that_checked_out_goes_back_to_the_state_before_it(store):
+    """The transaction began while the previous cell was still being captured: the commit it
+    must go back to was not known when it began."""
+    ns = {"__name__": "__main__", "Slow": Slow}
+    s, txns = open_session(store, ns)
+    run(txns, "slow = Slow(0.3); v = 1")
+    s.wait()
+    first = s.head.id
+    run(txns, "v = 2; slow.seconds = 0.3")
+    assert s._background.pending
+    txn = txns.begin()
+    s.checkout(first)
+    ns["v"] = 99
+    txns.rollback(txn, ZeroDivisionError())
+    assert ns["v"] == 2 and s.head.id != first
+    assert restored(store)["v"] == 2
+    s.close()
+
+
+def test_a_child_that_dies_costs_no_data_and_capture_goes_on_in_process(store):
+    ns = {"__name__": "__main__", "DiesInChild": DiesInChild}
+    messages = []
+    s, txns = open_session(store, ns, messages)
+    run(txns, "x = [1]")
+    assert run(txns, "x.append(2); bomb = DiesInChild()") == ""
+    with pytest.raises(CommitFailedError):
+        s.wait()  # the state after that cell is not committed: a rollback would lose it
+    assert any("could not capture in the background" in m and "SIGKILL" in m
+               for m in messages)
+    assert run(txns, "y = 3") != ""  # in process now: an id at once
+    assert s._background.off is not None
+    state = restored(store)
+    assert state["x"] == [1, 2] and state["y"] == 3 and "bomb" in state
+    s.close()
+
+
+def test_a_child_that_hangs_is_killed_at_the_deadline(store, monkeypatch):
+    monkeypatch.setattr(background, "DEADLINE", 1.0)
+    ns = {"__name__": "__main__", "HangsInChild": HangsInChild}
+    messages = []
+    s, txns = open_session(store, ns, messages)
+    started = time.monotonic()
+    run(txns, "h = HangsInChild(); z = [0]")
+    with pytest.raises(CommitFailedError, match="longer than 1 s"):
+        s.wait()
+    assert time.monotonic() - started < 30
+    run(txns, "z.append(1)")
+    assert restored(store)["z"] == [0, 1]
+    s.close()
+
+
+def test_verify_mode_still_catches_a_missed_mutation(store, monkeypatch):
+    monkeypatch.setenv("TXPY_VERIFY", "1")
+    ns = {"__name__": "__main__"}
+    s, txns = open_session(store, ns)
+    run(txns, "a = [1]; b = [2]")
+    s.wait()
+    ns["b"].append(3)  # behind the transaction's back: not a candidate of the next one
+    run(txns, "a.append(2)")
+    with pytest.raises(AssertionError, match="'b' changed but was not examined"):
+        s.wait()
+    s.close()
+
+
+def test_a_gc_between_the_child_writing_and_the_record_is_caught(store):
+    ns = {"__name__": "__main__"}
+    s = txpy.Session(store, "bg", ns, notify=lambda m: None)
+    s.commit()
+    repo = s.repo
+    chunks = [(k, memoryview(b), 1) for k, b in
+              ((chunk_key(d), d) for d in (os.urandom(200_000),))]
+    written = repo.write_in_child(chunks)
+    repo.gc()  # the chunk is referenced by no commit: an orphan
+    with pytest.raises(CorruptStoreError, match="a gc removed 1 chunks"):
+        repo.publish_from_child(s.head.sealed(), "main", written)
+    s.close()
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np, txpy
+    from txpy.transaction import Transaction, Transactions
+    store, count = sys.argv[1], int(sys.argv[2])
+    ns = {"__name__": "__main__"}
+    s = txpy.Session(store, "k", ns, durability="background", notify=lambda m: None)
+    if s.head is not None:
+        s.restore()
+    txns = Transactions(s, "cell", background=True)
+    start = ns.get("step", -1) + 1
+    for i in range(start, start + count):
+        txn = txns.begin()
+        txns.note(txn, None, "")
+        ns["step"] = i
+        ns["arr"] = np.full(300_000, i, dtype=np.int64)
+        ns["lst"] = list(range(i % 40))
+        txns.commit(txn, kind="cell", message=str(i))
+        print(i, flush=True)
+""")
+
+
+def _every_commit_is_whole(store):
+    repo = Repository.open(store)
+    try:
+        report = repo.fsck()
+        assert report.ok, report.damage
+        commits = repo.log("k")
+    finally:
+        repo.close()
+    for c in commits:
+        state = txpy.load(store, "k", c.id)
+        i = int(c.message)
+        assert state["step"] == i
+        assert (state["arr"] == i).all() and state["lst"] == list(range(i % 40))
+    return commits
+
+
+def _children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize("victim", ["kernel", "child", "both"])
+def test_sigkill_of_kernel_or_child_never_damages_the_store(store, victim):
+    rng = random.Random(victim)
+    env = {**os.environ, "TXPY_FORK_COST": "0"}
+    durable = []
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), "100000"],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        proc.stdout.readline()
+        time.sleep(rng.uniform(0.2, 1.0))
+        kids = _children(proc.pid)
+        if victim in ("child", "both"):
+            for kid in kids:
+                try:
+                    os.kill(kid, signal.SIGKILL)
+                except ProcessLookupError:  # it had finished its capture
+                    pass
+            time.sleep(rng.uniform(0.0, 0.3))
+        if victim in ("kernel", "both"):
+            proc.kill()
+        else:
+            proc.terminate()
+        proc.wait()
+        proc.stdout.close()
+        for kid in kids:  # orphans finish or exit on their own: wait before checking
+            for _ in range(200):
+                if not os.path.exists(f"/proc/{kid}"):
+                    break
+                time.sleep(0.05)
+        commits = _every_commit_is_whole(store)
+        assert len(commits) >= len(durable)  # nothing durable was lost
+        durable = commits
+    assert len(durable) >= 4
