@@ -157,6 +157,7 @@ def test_a_child_that_dies_costs_no_data_and_capture_goes_on_in_process(store):
                for m in messages)
     assert run(txns, "y = 3") != ""  # in process now: an id at once
     assert s._background.off is not None
+    s.wait()
     state = restored(store)
     assert state["x"] == [1, 2] and state["y"] == 3 and "bomb" in state
     s.close()
@@ -173,6 +174,7 @@ def test_a_child_that_hangs_is_killed_at_the_deadline(store, monkeypatch):
         s.wait()
     assert time.monotonic() - started < 30
     run(txns, "z.append(1)")
+    s.wait()
     assert restored(store)["z"] == [0, 1]
     s.close()
 

@@ -264,3 +264,28 @@ def test_history_is_named_after_the_notebook_jupyter_reports(ip, capsys, monkeyp
     run(ip, "%load_ext txpy")
     run(ip, "a = 1")
     assert front.extension(ip).session.name == "work/churn.ipynb"
+
+
+def test_status_shows_cells_not_yet_durable_and_wait_makes_them_durable(ip, capsys,
+                                                                        monkeypatch):
+    from txpy import background
+
+    monkeypatch.setattr(background, "FORK_COST", 0.0)
+    ext = loaded(ip)
+
+    class Slow:
+        def __reduce__(self):
+            import time
+            time.sleep(0.5)
+            return Slow, ()
+
+    ip.user_ns["Slow"] = Slow
+    run(ip, "slow = Slow()\nx = 1", settle=False)
+    run(ip, "%txpy status", settle=False)
+    out = capsys.readouterr().out
+    assert "not yet durable: 1 cell being captured in the background" in out
+    assert "txpy's time per cell: median" in out
+    run(ip, "%txpy wait", settle=False)
+    assert "every cell is durable (waited for 1 being captured)" in capsys.readouterr().out
+    assert ext.session.capturing() == 0 and "slow" in ext.session.repo.tree(
+        ext.session.head).names

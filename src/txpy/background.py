@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,24 @@ DEADLINE = float(os.environ.get("TXPY_CAPTURE_DEADLINE", "600"))
 #: because a fork costs about this much here (7–12 ms for a 1.3 GB kernel, ~1 ms for a small
 #: one); 0 sends every capture to a child
 FORK_COST = float(os.environ.get("TXPY_FORK_COST", "0.005"))
+
+
+_SCALARS = frozenset({int, float, complex, bool, type(None)})
+
+
+def _guess(value: Any) -> float | None:
+    """Seconds encoding value takes, for scalars, short strings and small containers of them
+    (exact builtin types only: no user code runs); None when it cannot be told cheaply."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return 0.0
+    if kind is str or kind is bytes:
+        return len(value) * 1e-9 if len(value) < 1 << 20 else None
+    if kind in (list, tuple, set, frozenset, dict) and len(value) <= 64:
+        items = [*value.keys(), *value.values()] if kind is dict else value
+        if all(type(x) in _SCALARS or (type(x) is str and len(x) < 1024) for x in items):
+            return 1e-5
+    return None
 
 
 @dataclass
@@ -104,7 +122,6 @@ class Background:
     off: str | None = None
     _flight: deque[_Capture] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _pool: ThreadPoolExecutor | None = None
     _published: Published | None = None
     _said_cuda: bool = False
     #: (name, message) said by the writer thread for a child, not yet merged into the session
@@ -136,7 +153,7 @@ class Background:
             expected = set(expected).union(*flying)  # type: ignore[arg-type]
         current = s._tracked()
         examine = s._known.to_examine(current, every, s._tree)
-        if not self._flight and s._known.cost_of(examine) < FORK_COST:
+        if not self._flight and self._predicted_cost(current, examine) < FORK_COST:
             return False
         with interrupts.held():  # the child and its record in the queue: both or neither
             child = capture.fork(lambda: self._in_child(current, examine, every, expected))
@@ -153,11 +170,24 @@ class Background:
             if not self._flight:
                 self._published = Published(s._head, s._tree, s._branch)
             self._flight.append(cap)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="txpy-capture")
-            cap.future = self._pool.submit(self._finish, cap)
+            # the session's writer thread: after any commit it is writing in process
+            cap.future = s.writer_thread().submit(self._finish, cap)
         cap.foreground = time.perf_counter() - started
         return True
+
+    def _predicted_cost(self, current: dict[str, Any], examine: set[str]) -> float:
+        """Seconds encoding examine would take in process: guessed for small plain values,
+        else what the name took last time (inf for a name never examined)."""
+        total = 0.0
+        for n in examine:
+            guess = _guess(current[n])
+            if guess is None:
+                known = self.session._known.get(n)
+                if known is None:
+                    return float("inf")
+                guess = known.cost
+            total += guess
+        return total
 
     def _cuda_in_use(self) -> bool:
         torch = sys.modules.get("torch")
@@ -202,6 +232,8 @@ class Background:
             return _Outcome(error=str(e))
         s, c, was = self.session, report.captured, self._published
         assert was is not None
+        if was.head is not None and not s.repo.has_commit(was.head.id):
+            return _Outcome(error="the commit before it could not be written")
         if report.unexamined is not None or (was.head is not None
                                              and c.tree_key == was.head.tree):
             self._say(report)
@@ -302,6 +334,3 @@ class Background:
                 cap.superseded = True
             cap.child.kill()
         self._flight.clear()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None

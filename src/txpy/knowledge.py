@@ -98,16 +98,6 @@ class Knowledge:
                     examine.update(m for m in by_component[key] if m in current)
         return examine
 
-    def cost_of(self, names: Iterable[str]) -> float:
-        """Seconds encoding names took when they were last examined (inf if one is new)."""
-        total = 0.0
-        for n in names:
-            known = self._known.get(n)
-            if known is None:
-                return float("inf")
-            total += known.cost
-        return total
-
     def groups(self, names: Iterable[str], fresh: Mapping[str, set[int]]
                ) -> list[tuple[str, ...]]:
         """names grouped into co-variables (see SharingIndex.groups)."""

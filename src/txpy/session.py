@@ -189,7 +189,9 @@ class Session:
         except BaseException:
             self._writer.discard()
             raise
-        background = self.durability == "async"
+        # a transaction's capture cheaper than a fork is written in the background too
+        background = self.durability == "async" or (background and
+                                                    self.durability == "background")
         chunks, live = self._writer.take(private=background)
         new_bytes = sum(len(d) for k, d, _ in chunks if k not in live and not
                         self.repo.chunks.has(k))
@@ -204,14 +206,13 @@ class Session:
         ).sealed()
         before = Published(self._head, self._tree, self._branch)
         if background:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txpy-writer")
             with interrupts.held():  # the writer may not start without its way back
                 self._head, self._tree = commit, tree
                 self._known.adopt(learned, gone)
                 self.stood += 1
-                self._writing = (self._pool.submit(self._publish, commit, chunks, live, c.staged,
-                                                   before, self._on_branch), before)
+                self._writing = (self.writer_thread().submit(
+                    self._publish, commit, chunks, live, c.staged, before, self._on_branch),
+                    before)
         else:
             def adopt(branch: str) -> None:
                 self._head, self._tree, self._branch = commit, tree, branch
@@ -236,6 +237,12 @@ class Session:
             set(self._known.names() - current.keys()),
             ANY_NAME if cand is None else tuple(sorted(cand & current.keys())),
             self._writes(tree, current, examine), len(examine))
+
+    def writer_thread(self) -> ThreadPoolExecutor:
+        """The one thread that writes this session's commits in the background, in order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txpy-writer")
+        return self._pool
 
     def _escapees(self, current: dict[str, Any], prints: dict[str, Fingerprint],
                   expected: set[str]) -> set[str]:

@@ -45,7 +45,8 @@ _NEVER_STORED = re.compile(r"__(?!(name|doc|builtins|builtin|package|loader|spec
                            r"annotations)__)\w+__|_(sh|oh|ih|dh|exit_code)|In|Out|exit|quit|"
                            r"get_ipython")
 _USAGE = ("usage: %txpy restore [COMMIT] | log | diff A [B] | checkout COMMIT|BRANCH | "
-          "branch [NAME] | status | off | on | session NAME | durability sync|async|background")
+          "branch [NAME] | status | wait | off | on | session NAME | "
+          "durability sync|async|background")
 
 
 def notify(message: str) -> None:
@@ -451,6 +452,13 @@ class TxpyMagics(Magics):
         if ext.fresh and s.head is not None:
             lines.append("(not restored in this kernel: %txpy restore brings it back)")
         _say(lines)
+
+    def _do_wait(self) -> None:
+        s = self.session
+        capturing = s.capturing()
+        s.wait()
+        print(f"every cell is durable (waited for {capturing} being captured)" if capturing
+              else "every cell is durable")
 
     def _do_off(self) -> None:
         self.ext.enabled = False
