@@ -151,6 +151,7 @@ def _run_child(work: Callable[[], Any], go_r: int, result_w: int,
         for fd in inherited:
             _close(fd)
         gc.disable()  # a collection would run finalizers twice and copy every page it touches
+        os.nice(10)  # on a busy machine the user's next cell comes first
         devnull = open(os.devnull, "w")  # noqa: SIM115 - the process ends with os._exit
         sys.stdout = sys.stderr = devnull
         if os.read(go_r, 1) != _GO:
