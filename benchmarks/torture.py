@@ -53,9 +53,18 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie, which a container's init may never reap, has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def gone(pid: int, seconds: float = 10.0) -> None:
     end = time.monotonic() + seconds
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
+    while alive(pid) and time.monotonic() < end:
         time.sleep(0.02)
 
 

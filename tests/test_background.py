@@ -243,6 +243,15 @@ def _every_commit_is_whole(store):
     return commits
 
 
+def _alive(pid):
+    """Running (a zombie, which a container's init may never reap, has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def _children(pid):
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -277,7 +286,7 @@ def test_sigkill_of_kernel_or_child_never_damages_the_store(store, victim):
         proc.stdout.close()
         for kid in kids:  # orphans finish or exit on their own: wait before checking
             for _ in range(200):
-                if not os.path.exists(f"/proc/{kid}"):
+                if not _alive(kid):
                     break
                 time.sleep(0.05)
         commits = _every_commit_is_whole(store)
