@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import txpy
-from txpy.errors import StoreVersionError
+from txpy.errors import CorruptStoreError, StoreVersionError
 from txpy.store.backend import LocalBackend
 from txpy.store.chunks import ChunkStore, chunk_key, from_planes, to_planes
 
@@ -77,3 +77,42 @@ def test_the_smaller_of_plain_and_byte_plane_compression_is_kept(tmp_path):
         plain, planes = len(zstd.compress(data)), len(zstd.compress(to_planes(data, width)))
         written = _stored_size(tmp_path, f"w{width}", data, width)
         assert written <= min(plain, planes) + 2 < max(plain, planes)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "grow"])
+def test_a_big_buffer_is_read_in_parallel_and_any_damaged_chunk_is_named(tmp_path, damage):
+    """Restores read a buffer's chunks in parallel straight into fresh memory; a chunk whose
+    bytes or size are wrong is reported (and costs only its own names), never restored."""
+    import numpy as np
+
+    import txpy
+    from txpy.repo import Repository
+
+    store = tmp_path / ".txpy"
+    ns = {"a": np.random.default_rng(0).random(5 * 2**17), "b": np.arange(10)}  # 5 MiB
+    with txpy.Session(store, "p", ns, notify=lambda m: None) as s:
+        s.commit()
+    state = txpy.load(store, "p")
+    assert (state["a"] == ns["a"]).all() and state["a"].flags.writeable
+    repo = Repository.open(store)
+    tree = repo.tree(repo.read_commit(repo.refs.head("p")[1]))
+    manifest = repo.manifest(tree.components["a"])
+    repo.close()
+    key = manifest.buffers[0].chunks[2]
+    path = store / "objects" / key
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-1] ^= 0xFF
+    elif damage == "truncate":
+        del data[-8:]
+    else:
+        data += b"\0" * 8
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match=f"cannot restore a: chunk {key[:12]}"):
+        txpy.load(store, "p")
+    said = []
+    restored = {}
+    with txpy.Session(store, "p", restored, notify=said.append) as s:
+        s.restore()
+    assert "a" not in restored and (restored["b"] == np.arange(10)).all()
+    assert any(key[:12] in m for m in said)

@@ -11,20 +11,27 @@ dependency order and one that cannot be loaded costs only its own names.
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
 from .encode import Encoded, decode, encode
-from .errors import RestoreError, TxpyError
+from .errors import CorruptStoreError, RestoreError, TxpyError
 from .model import BufferRef, ComponentManifest, Tree
 from .repo import Repository
 from .store.backend import Bytes
 from .store.chunks import ChunkStore, chunk_key
 
 CHUNK_SIZE = 1 << 20
+#: threads reading one buffer's chunks on restore
+READERS = 4
+#: restored buffers from this size are fresh anonymous mappings (see _fresh_memory)
+FRESH_MAPPING_FROM = 1 << 20
 _KEY_CACHE_LIMIT = 1 << 20
 
 
@@ -221,18 +228,63 @@ def not_restored_line(failed: dict[tuple[str, ...], str]) -> str:
         f"{', '.join(names)} ({reason})" for names, reason in sorted(failed.items()))
 
 
+class _NotWhole(Exception):
+    """A buffer's chunks are not all CHUNK_SIZE long but the last (not written by _split)."""
+
+
+_readers: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _read_in_parallel(repo: Repository, ref: BufferRef, dest: memoryview) -> None:
+    """Read a buffer's chunks into their places in dest, several at a time: reading,
+    decompressing and hashing all release the GIL."""
+    global _readers
+    count = len(ref.chunks)
+    if count != -(-ref.nbytes // CHUNK_SIZE):
+        raise _NotWhole
+    if count == 1:
+        repo.chunks.read_into(ref.chunks[0], dest)
+        return
+    if _readers is None or _readers[0] != os.getpid():  # a forked child makes its own
+        _readers = (os.getpid(), ThreadPoolExecutor(READERS, thread_name_prefix="txpy-read"))
+    spans = [dest[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE] for i in range(count)]
+    reads = [_readers[1].submit(repo.chunks.read_into, k, span)
+             for k, span in zip(ref.chunks, spans, strict=True)]
+    wait(reads)  # all of them, before anyone else writes into dest
+    for done in reads:
+        done.result()
+
+
+def _fresh_memory(size: int) -> bytearray | mmap.mmap:
+    """Writable memory for a restored buffer. A big one is an anonymous mapping: its pages
+    are zero until the readers write them, where bytearray(size) first writes zeros over all
+    of them (measured: 0.4 s of a 0.7 s restore of 640 MB)."""
+    if size < FRESH_MAPPING_FROM:
+        return bytearray(size)
+    return mmap.mmap(-1, size)
+
+
+def _read_in_order(repo: Repository, ref: BufferRef, buf: bytearray | mmap.mmap) -> None:
+    pos = 0
+    for k in ref.chunks:
+        data = repo.chunks.get(k)
+        buf[pos:pos + len(data)] = data
+        pos += len(data)
+    if pos != len(buf):
+        raise CorruptStoreError(f"buffer of {len(buf)} bytes came back with {pos}")
+
+
 def decode_manifest(repo: Repository, manifest: ComponentManifest, namespace: dict[str, Any]
                     ) -> dict[str, Any]:
     """{name: value} of the component a manifest describes, its chunks read and verified."""
     stream = b"".join(repo.chunks.get(k) for k in manifest.stream)
     buffers: list[Any] = []
     for ref in manifest.buffers:
-        buf = bytearray(ref.nbytes)
-        pos = 0
-        for k in ref.chunks:
-            data = repo.chunks.get(k)
-            buf[pos:pos + len(data)] = data
-            pos += len(data)
+        buf = _fresh_memory(ref.nbytes)
+        try:
+            _read_in_parallel(repo, ref, memoryview(buf))
+        except (CorruptStoreError, _NotWhole):
+            _read_in_order(repo, ref, buf)  # says exactly what is wrong, if anything is
         buffers.append(bytes(buf) if ref.readonly else buf)
     value = decode(stream, buffers, namespace)
     if len(manifest.names) == 1:

@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 Bytes = bytes | memoryview | bytearray
 #: What put_many writes under a key: bytes, or parts written back to back (a chunk's header and
@@ -47,6 +47,11 @@ class Backend(abc.ABC):
     def create(self, key: str, data: bytes) -> bool:
         """Write key only if it is absent, atomically even against other writers (the one
         compare-and-swap remotes need); False if it was already there."""
+
+    def open_file(self, key: str) -> BinaryIO | None:
+        """key's body as an open file, where a file holds it (reads can then go straight
+        into their destination); None where it does not."""
+        return None
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -102,6 +107,12 @@ class LocalBackend(Backend):
     def get(self, key: str) -> bytes:
         with open(self._file(key), "rb") as f:
             return f.read()
+
+    def open_file(self, key: str) -> BinaryIO | None:
+        try:
+            return open(self._file(key), "rb", buffering=0)  # noqa: SIM115 - the caller closes
+        except FileNotFoundError:
+            return None
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._file(key))
@@ -294,6 +305,9 @@ class TieredBackend(Backend):
 
         written = self.large.put_many(large(), replace)
         return written + self.small.put_many(small, replace)
+
+    def open_file(self, key: str) -> BinaryIO | None:
+        return self.large.open_file(key)
 
     def create(self, key: str, data: bytes) -> bool:
         target = self.small if len(data) < self.threshold else self.large

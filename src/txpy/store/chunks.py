@@ -190,6 +190,32 @@ class ChunkStore:
         """(raw bytes, item size they were stored with) of key, verified."""
         return self.decode(key, self.body(key))
 
+    def read_into(self, key: str, dest: memoryview) -> None:
+        """Put key's raw bytes, verified, into dest (exactly as long): a chunk stored raw in a
+        file is read straight into dest, with no copy in between."""
+        f = self.backend.open_file(key)
+        if f is None:
+            data: Bytes = self.get(key)
+        else:
+            with f:
+                codec = f.read(1)
+                if codec == RAW:
+                    filled = 0
+                    while filled < len(dest):
+                        n = f.readinto(dest[filled:])
+                        if not n:
+                            break
+                        filled += n
+                    if filled != len(dest) or f.read(1):
+                        raise CorruptStoreError(f"chunk {key[:12]} is damaged (wrong size)")
+                    if chunk_key(dest) != key:
+                        raise CorruptStoreError(f"chunk {key[:12]} is damaged (hash mismatch)")
+                    return
+                data = self.decode(key, codec + f.read())[0]
+        if len(data) != len(dest):
+            raise CorruptStoreError(f"chunk {key[:12]} is damaged (wrong size)")
+        dest[:] = data
+
     def body(self, key: str) -> bytes:
         """The bytes stored under key as they are (not verified: see `decode`)."""
         try:
