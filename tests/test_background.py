@@ -27,9 +27,9 @@ def every_capture_forks(monkeypatch):
     monkeypatch.setattr(background, "FORK_COST", 0.0)
 
 
-def open_session(store, ns, messages=None):
+def open_session(store, ns, messages=None, verify=None):
     notify = (lambda m: None) if messages is None else messages.append
-    s = txpy.Session(store, "bg", ns, durability="background", notify=notify)
+    s = txpy.Session(store, "bg", ns, durability="background", notify=notify, verify=verify)
     return s, Transactions(s, "cell", background=True)
 
 
@@ -107,6 +107,12 @@ def test_commits_that_fall_behind_coalesce_and_the_last_state_is_whole(store):
     assert len(log) < 6  # some commits covered several cells
     assert sum(c.stats["covers"] for c in log) == 6
     assert log[0].code.count("\n") == log[0].stats["covers"] - 1
+    coalesced = next(c for c in log if c.stats["covers"] > 1)
+    from txpy import porcelain
+    assert any(f"covers {coalesced.stats['covers']} transactions" in line
+               for line in porcelain.show(s.repo, "bg", coalesced.id))
+    assert any(f"cell×{coalesced.stats['covers']}" in line
+               for line in porcelain.log(s.repo, "bg"))
     state = restored(store)
     assert state["n"] == 5 and [state[f"x{i}"] for i in range(1, 6)] == [[1], [2], [3], [4],
                                                                          [5]]
@@ -293,3 +299,34 @@ def test_sigkill_of_kernel_or_child_never_damages_the_store(store, victim):
         assert len(commits) >= len(durable)  # nothing durable was lost
         durable = commits
     assert len(durable) >= 4
+
+
+def test_with_cuda_in_use_commits_are_captured_in_process_and_it_is_said_once(store,
+                                                                             monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    ns = {"__name__": "__main__"}
+    messages = []
+    s, txns = open_session(store, ns, messages)
+    assert run(txns, "a = [1]") not in ("", None)  # an id at once: in process
+    assert run(txns, "a.append(2)") not in ("", None)
+    assert [m for m in messages if "CUDA" in m] == [
+        "CUDA is in use: commits are captured in this process (a forked child cannot read "
+        "CUDA memory)"]
+    s.close()
+
+
+def test_a_mutation_behind_the_cells_backs_is_found_by_a_sweep_within_ten_cells(store):
+    """A library kept a notebook list (here: a plain reference outside the namespace) and
+    appends to it between cells: no cell names it, the background sweep finds it."""
+    held = [0]
+    ns = {"__name__": "__main__", "kept": held}
+    messages = []
+    s, txns = open_session(store, ns, messages, verify=False)  # verify would flag it at once
+    for i in range(10):
+        held.append(i)  # behind the cells' backs
+        run(txns, f"other{i} = {i}")
+        s.wait()  # a person reading the output: each capture is merged before the next cell
+    assert restored(store)["kept"] == held
+    assert "kept" in s.escaped
+    assert any("'kept' changed outside the cells that name it" in m for m in messages)

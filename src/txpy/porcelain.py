@@ -134,7 +134,9 @@ def _changes(commit: Commit, tree: Callable[[str], Tree]) -> list[str]:
 def _log_entry(c: Commit, is_head: bool, refs: list[str], changes: list[str]) -> list[str]:
     """Three lines at most: id, time, kind, new data and refs; the message or first line of
     code; the names changed."""
-    lead = (f"{'*' if is_head else ' '} {c.short}  {when(c.time, short=True)}  {c.kind:<5} "
+    covers = c.stats.get("covers", 1)
+    kind = f"{c.kind}×{covers}" if covers > 1 else c.kind
+    lead = (f"{'*' if is_head else ' '} {c.short}  {when(c.time, short=True)}  {kind:<5} "
             f"{size(c.stats.get('bytes_new', 0)):>8}")
     lines = wrap(refs, lead=lead + " ", sep=",", indent=6) if refs else [lead]
     what = _first_line(c)
@@ -166,6 +168,10 @@ def show(repo: Repository, history: str | None, ref: str) -> list[str]:
                    when(c.time), c.kind], sep=",")
     if c.message:
         lines += wrap(c.message.split())
+    covers = c.stats.get("covers", 1)
+    if covers > 1:
+        lines.append(f"covers {covers} transactions (captured together: their captures fell "
+                     "behind)")
     for label, names in (("reads:", c.reads), ("writes:", c.writes)):
         if names == ANY_NAME:
             lines.append(f"{label} any name (the code reached names dynamically)")
