@@ -160,3 +160,48 @@ def test_interrupting_the_kernel_while_cells_commit_never_corrupts_the_history(t
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_user_modules_state_is_rolled_back_and_restored_and_a_changed_source_is_said(
+        tmp_path):
+    """helpers.py beside the notebook keeps a cache and a counter: a failing cell leaves them
+    as they were, kill -9 + %txpy restore brings them back, and a restore over an edited
+    helpers.py says so."""
+    (tmp_path / "helpers.py").write_text(
+        "cache = []\ncounter = 0\n\n\ndef bump():\n    global counter\n    counter += 1\n"
+        "    cache.append(counter)\n")
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        ok(kc, "import helpers")
+        ok(kc, "helpers.bump()\nhelpers.bump()")
+        ok(kc, "helpers.cache.append('x')")
+        status, _, err = execute(kc, "helpers.cache.append('bad')\nhelpers.counter = 99\n1/0")
+        assert status == "error" and "rolled back" in err
+        assert ok(kc, "print(helpers.cache, helpers.counter)") == "[1, 2, 'x'] 2\n"
+        ok(kc, "%txpy wait")
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        km.provisioner.process.wait()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        ok(kc, "%txpy restore")
+        assert ok(kc, "print(helpers.cache, helpers.counter)") == "[1, 2, 'x'] 2\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    with open(tmp_path / "helpers.py", "a") as f:
+        f.write("\nVERSION = 2\n")
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        status, out, err = execute(kc, "%txpy restore")
+        assert "module 'helpers' changed since this commit" in err
+        assert ok(kc, "print(helpers.cache, helpers.counter, helpers.VERSION)") == \
+            "[1, 2, 'x'] 2 2\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -7,7 +7,8 @@ stream, the same dtype for new tensors, the same warnings turned into errors. Ea
 captures a small state, only from a module the user already imported (nothing is imported to
 capture it), and puts it back; they are stored together as one component, next to the
 namespace's. A provider whose state cannot be put back here is reported; the others are
-restored. Logging handlers and formatters hold streams and are not captured.
+restored. Logging handlers and formatters hold streams and are not captured. The data
+globals of the user's own modules are captured alongside (see usermodules).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from . import usermodules
+
+USER_MODULES = "user modules"
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ PROVIDERS = (
 
 
 def capture() -> dict[str, Any]:
-    """The state of every provider whose module is imported."""
+    """The state of every provider whose module is imported, and of the user's modules."""
     state: dict[str, Any] = {}
     for p in PROVIDERS:
         module = sys.modules.get(p.module)  # not hasattr(numpy, ...): that imports it
@@ -101,11 +106,15 @@ def capture() -> dict[str, Any]:
             value = p.capture(module)
             if value is not None:
                 state[p.name] = value
+    modules = usermodules.capture()
+    if modules:
+        state[USER_MODULES] = modules
     return state
 
 
-def restore(state: dict[str, Any]) -> dict[str, str]:
-    """Put captured state back; return {provider: why} for those that could not be."""
+def restore(state: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Put captured state back; return {provider: why} for those that could not be, and
+    notes to say (user modules whose source changed since)."""
     failed = {}
     for p in PROVIDERS:
         if p.name in state:
@@ -113,5 +122,14 @@ def restore(state: dict[str, Any]) -> dict[str, str]:
                 p.restore(importlib.import_module(p.module), state[p.name])
             except Exception as e:  # one setting that no longer applies costs only itself
                 failed[p.name] = f"{type(e).__name__}: {e}"
-    return failed
+    notes = []
+    if USER_MODULES in state:
+        try:
+            changed = usermodules.restore(state[USER_MODULES])
+        except Exception as e:
+            failed[USER_MODULES] = f"{type(e).__name__}: {e}"
+        else:
+            notes += [f"module {name!r} changed since this commit: its stored values were put "
+                      "back over the new code" for name in changed]
+    return failed, notes
 

@@ -114,10 +114,13 @@ class Loader:
         back here is said, and left as it is."""
         if not tree.rng:
             return
+        notes: list[str] = []
         try:
             state = decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
-            failed = globalstate.restore(state)
+            failed, notes = globalstate.restore(state)
         except Exception as e:
             failed = {RNG_NAME: reason_of(e)}
+        for note in notes:
+            self.notify(note)
         if failed:
             self.notify(not_restored_line({(name,): why for name, why in failed.items()}))

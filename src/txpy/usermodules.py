@@ -1,0 +1,91 @@
+"""User modules: the `.py` files a notebook imports from its own directory hold state too.
+
+``import helpers`` then ``helpers.cache.append(1)`` or ``helpers.counter += 1``: the values
+live in the module, not in the namespace, and a module is stored by name (a restore imports
+it afresh). So the data globals of user modules — modules whose file is under the working
+directory and that no installed distribution provides — are captured with the rest of the
+global state at every commit, and put back over the module's fresh import on restore and
+rollback. Functions, classes and modules are not stored (they come from the source); a module
+whose source changed since the commit is named when its values are put back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+import types
+from functools import cache
+from typing import Any
+
+import xxhash
+
+from .encode import encode
+
+_CODE = (types.ModuleType, types.FunctionType, type, types.BuiltinFunctionType,
+         types.MethodType)
+
+
+@cache
+def _distributed() -> frozenset[str]:
+    """Top-level names installed distributions provide (editable installs included)."""
+    return frozenset(importlib.metadata.packages_distributions())
+
+
+_verdicts: dict[tuple[str, str], bool] = {}
+
+
+def _is_user_module(name: str, module: Any) -> bool:
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str) or not file.endswith(".py") or name == "__main__":
+        return False
+    key = (name, file)
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        here = os.path.realpath(os.getcwd()) + os.sep
+        verdict = (os.path.realpath(file).startswith(here)
+                   and name.partition(".")[0] not in _distributed())
+        _verdicts[key] = verdict
+    return verdict
+
+
+def _source_digest(file: str) -> str | None:
+    try:
+        with open(file, "rb") as f:
+            return xxhash.xxh3_64_hexdigest(f.read())
+    except OSError:
+        return None
+
+
+def capture() -> dict[str, Any]:
+    """{module: {"source": digest, "values": {global: value}}} of every user module; a global
+    that cannot be pickled is left out (it stays as the module's code makes it)."""
+    state = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not _is_user_module(name, module):
+            continue
+        values = {}
+        for key, value in list(vars(module).items()):
+            if key.startswith("__") or isinstance(value, _CODE):
+                continue
+            try:
+                encode(value, None, collect_shared=False)
+            except Exception:  # UnpicklableError, or a user __reduce__ that raised
+                continue
+            values[key] = value
+        state[name] = {"source": _source_digest(module.__file__), "values": values}
+    return state
+
+
+def restore(state: dict[str, Any]) -> list[str]:
+    """Import each module (if it is not already) and put its stored values back; the modules
+    whose source changed since they were captured."""
+    changed = []
+    for name, saved in state.items():
+        module = importlib.import_module(name)
+        if saved["source"] is not None and _source_digest(module.__file__) != saved["source"]:
+            changed.append(name)
+        for key, value in saved["values"].items():
+            setattr(module, key, value)
+    return changed
