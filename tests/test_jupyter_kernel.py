@@ -205,3 +205,21 @@ def test_a_user_modules_state_is_rolled_back_and_restored_and_a_changed_source_i
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_cell_captured_in_the_background_survives_a_kernel_restart(tmp_path):
+    """"Restart kernel" right after a cell: the kernel shuts down only once the capture in
+    flight is written, so %txpy restore in the new kernel brings that cell back."""
+    km, kc = start_kernel(tmp_path)
+    try:
+        ok(kc, "%load_ext txpy")
+        ok(kc, "big = [{'i': i} for i in range(200_000)]")
+        ok(kc, "big.append('last')\nmarker = 'after restart'")
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        ok(kc, "%load_ext txpy")
+        ok(kc, "%txpy restore")
+        assert ok(kc, "print(big[-1], marker)") == "last after restart\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -148,6 +148,10 @@ def _run_child(work: Callable[[], Any], go_r: int, result_w: int,
     try:
         _die_with_parent()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # "interrupt kernel" signals the group
+        try:  # a group of its own: a kernel shutting down kills the children in its group
+            os.setpgid(0, 0)  # before they are done (ipykernel does), not those of another
+        except OSError:
+            pass
         for fd in inherited:
             _close(fd)
         gc.disable()  # a collection would run finalizers twice and copy every page it touches

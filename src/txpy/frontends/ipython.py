@@ -11,9 +11,11 @@ from __future__ import annotations
 import dis
 import fcntl
 import hashlib
+import math
 import os
 import re
 import shlex
+import statistics
 import sys
 import time
 import types
@@ -442,9 +444,9 @@ class TxpyMagics(Magics):
                          "being captured in the background")
         if ext.costs:
             costs = sorted(ext.costs)
-            lines.append(f"txpy's time per cell: median {1000 * costs[len(costs) // 2]:.1f} ms, "
-                         f"p95 {1000 * costs[int(0.95 * (len(costs) - 1))]:.1f} ms "
-                         f"(last {len(costs)} cells)")
+            p95 = costs[math.ceil(0.95 * len(costs)) - 1]
+            lines.append(f"txpy's time per cell: median {1000 * statistics.median(costs):.1f} "
+                         f"ms, p95 {1000 * p95:.1f} ms (last {len(costs)} cells)")
         if not (ext.lease and ext.lease.held):
             lines.append("(this history is shared with another kernel)")
         lines.append(f"tracking: {'on' if ext.enabled else 'off (%txpy on resumes)'}, "
