@@ -68,16 +68,22 @@ def gone(pid: int, seconds: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def one_kill(store: Path, durability: str, rng: random.Random) -> str:
+def one_kill(store: Path, durability: str, rng: random.Random, victim: str | None = None,
+             run_for: tuple[float, float] = (0.0, 0.6)) -> str:
+    """Run a writer on store for a random time in run_for (seconds after its first cell),
+    then SIGKILL the writer ("kernel"), one of its capturing children ("child") or both
+    (victim None: chosen at random); the victim."""
     env = {**os.environ, "TXPY_FORK_COST": "0"}
     env.pop("TXPY_VERIFY", None)
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), durability],
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     proc.stdout.readline()
-    time.sleep(rng.uniform(0.0, 0.6))
+    time.sleep(rng.uniform(*run_for))
     kids = children(proc.pid)
-    victim = rng.choice(["kernel", "child", "both"]) if durability == "background" else "kernel"
+    if victim is None:
+        victim = rng.choice(["kernel", "child", "both"]) if durability == "background" \
+            else "kernel"
     if victim in ("child", "both") and kids:
         try:
             os.kill(rng.choice(kids), signal.SIGKILL)

@@ -1,12 +1,10 @@
 """Background capture (durability "background"): a forked copy-on-write child captures the
 state as it was when the transaction ended, while the next one runs."""
 
+import importlib.util
 import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -212,93 +210,25 @@ def test_a_gc_between_the_child_writing_and_the_record_is_caught(store):
     s.close()
 
 
-WRITER = textwrap.dedent("""
-    import sys, numpy as np, txpy
-    from txpy.transaction import Transaction, Transactions
-    store, count = sys.argv[1], int(sys.argv[2])
-    ns = {"__name__": "__main__"}
-    s = txpy.Session(store, "k", ns, durability="background", notify=lambda m: None)
-    if s.head is not None:
-        s.restore()
-    txns = Transactions(s, "cell", background=True)
-    start = ns.get("step", -1) + 1
-    for i in range(start, start + count):
-        txn = txns.begin()
-        txns.note(txn, None, "")
-        ns["step"] = i
-        ns["arr"] = np.full(300_000, i, dtype=np.int64)
-        ns["lst"] = list(range(i % 40))
-        txns.commit(txn, kind="cell", message=str(i))
-        print(i, flush=True)
-""")
-
-
-def _every_commit_is_whole(store):
-    repo = Repository.open(store)
-    try:
-        report = repo.fsck()
-        assert report.ok, report.damage
-        commits = repo.log("k")
-    finally:
-        repo.close()
-    for c in commits:
-        state = txpy.load(store, "k", c.id)
-        i = int(c.message)
-        assert state["step"] == i
-        assert (state["arr"] == i).all() and state["lst"] == list(range(i % 40))
-    return commits
-
-
-def _alive(pid):
-    """Running (a zombie, which a container's init may never reap, has finished)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def _children(pid):
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in out.split()]
+def _torture():
+    """benchmarks/torture.py, whose kills and checks this test runs a few of."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "torture.py")
+    spec = importlib.util.spec_from_file_location("torture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("victim", ["kernel", "child", "both"])
 def test_sigkill_of_kernel_or_child_never_damages_the_store(store, victim):
+    torture = _torture()
     rng = random.Random(victim)
-    env = {**os.environ, "TXPY_FORK_COST": "0"}
-    durable = []
+    seen = set()
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), "100000"],
-                                stdout=subprocess.PIPE, text=True, env=env)
-        proc.stdout.readline()
-        time.sleep(rng.uniform(0.2, 1.0))
-        kids = _children(proc.pid)
-        if victim in ("child", "both"):
-            for kid in kids:
-                try:
-                    os.kill(kid, signal.SIGKILL)
-                except ProcessLookupError:  # it had finished its capture
-                    pass
-            time.sleep(rng.uniform(0.0, 0.3))
-        if victim in ("kernel", "both"):
-            proc.kill()
-        else:
-            proc.terminate()
-        proc.wait()
-        proc.stdout.close()
-        for kid in kids:  # orphans finish or exit on their own: wait before checking
-            for _ in range(200):
-                if not _alive(kid):
-                    break
-                time.sleep(0.05)
-        commits = _every_commit_is_whole(store)
-        assert len(commits) >= len(durable)  # nothing durable was lost
-        durable = commits
-    assert len(durable) >= 4
+        torture.one_kill(store, "background", rng, victim, run_for=(0.3, 1.2))
+        whole, lost, seen = torture.check(store, seen)
+        assert whole and lost == 0
+    assert len(seen) >= 2
 
 
 def test_with_cuda_in_use_commits_are_captured_in_process_and_it_is_said_once(store,

@@ -225,3 +225,48 @@ s.close()
     assert writer.returncode == 0
     assert runs > 0
     _every_commit_holds_its_number(store, "w", "v")
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29])
+def test_interrupts_while_background_captures_start_and_merge_lose_nothing(store, monkeypatch,
+                                                                          seed):
+    """KeyboardInterrupt at random moments of a cell's end (the fork, queueing the capture)
+    and of the merge (wait): the history is never damaged and the last state is committed
+    whole once a commit goes through."""
+    from txpy import background
+    from txpy.transaction import Transactions
+
+    monkeypatch.setattr(background, "FORK_COST", 0.0)
+    ns = {"__name__": "__main__", "keep": [], "big": [{"i": i} for i in range(60_000)]}
+    s = txpy.Session(store=store, name="t", namespace=ns, durability="background",
+                     notify=lambda m: None)
+    txns = Transactions(s, "cell", background=True)
+    rng = random.Random(seed)
+    previous = signal.signal(signal.SIGALRM, _alarm_raises_interrupt)
+    landed = 0
+    try:
+        for i in range(TRIES):
+            ns["keep"].append(i)
+            ns["big"][0] = {"i": i}
+            txn = txns.begin()
+            txns.note(txn, None, "")
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0, 0.03))
+            try:
+                txns.commit(txn, kind="cell")
+                s.wait()
+            except KeyboardInterrupt:
+                landed += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        txn = txns.begin()
+        txns.note(txn, None, "")
+        txns.commit(txn, kind="cell")
+        s.wait()
+        _check_session_matches_store(s, store, "t")
+        state = txpy.load(store, "t")
+        assert state["keep"] == ns["keep"] and state["big"][0] == {"i": TRIES - 1}
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        s.close()
+    assert landed >= TRIES // 4, f"only {landed} interrupts landed"
+    _fsck_ok(store)
