@@ -97,8 +97,9 @@ PROVIDERS = (
 )
 
 
-def capture() -> dict[str, Any]:
-    """The state of every provider whose module is imported, and of the user's modules."""
+def capture(namespace: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The state of every provider whose module is imported, and of the user's modules the
+    namespace uses."""
     state: dict[str, Any] = {}
     for p in PROVIDERS:
         module = sys.modules.get(p.module)  # not hasattr(numpy, ...): that imports it
@@ -106,7 +107,7 @@ def capture() -> dict[str, Any]:
             value = p.capture(module)
             if value is not None:
                 state[p.name] = value
-    modules = usermodules.capture()
+    modules = usermodules.capture(namespace or {})
     if modules:
         state[USER_MODULES] = modules
     return state

@@ -417,7 +417,7 @@ class Session:
             key = key_for(group, fp)
             for n in group:
                 components[n] = key
-        rng_key = key_for((RNG_NAME,), fingerprint(encode(globalstate.capture(), None,
+        rng_key = key_for((RNG_NAME,), fingerprint(encode(globalstate.capture(current), None,
                                                           collect_shared=False)))
         earlier = self._tree or Tree({}, {})
         kinds = {n: describe(current[n]) if n in examine else earlier.kinds[n]

@@ -2,7 +2,8 @@
 
 ``import helpers`` then ``helpers.cache.append(1)`` or ``helpers.counter += 1``: the values
 live in the module, not in the namespace, and a module is stored by name (a restore imports
-it afresh). So the data globals of user modules — modules whose file is under the working
+it afresh). So the data globals of user modules — modules the namespace uses (a module bound
+to a name, or one defining a function, class or type in it) whose file is under the working
 directory and that no installed distribution provides — are captured with the rest of the
 global state at every commit, and put back over the module's fresh import on restore and
 rollback. Functions, classes and modules are not stored (they come from the source); a module
@@ -58,11 +59,27 @@ def _source_digest(file: str) -> str | None:
         return None
 
 
-def capture() -> dict[str, Any]:
-    """{module: {"source": digest, "values": {global: value}}} of every user module; a global
-    that cannot be pickled is left out (it stays as the module's code makes it)."""
+def _used_by(namespace: dict[str, Any]) -> set[str]:
+    """Names of the modules the namespace uses: modules bound to its names, and those that
+    define its functions, classes and its values' types (read without running user code)."""
+    used = set()
+    for value in list(namespace.values()):
+        if isinstance(value, types.ModuleType):
+            used.add(value.__name__)
+        elif isinstance(value, (types.FunctionType, type)):
+            used.add(getattr(value, "__module__", None) or "")
+        else:
+            used.add(type(value).__module__)
+    return used
+
+
+def capture(namespace: dict[str, Any]) -> dict[str, Any]:
+    """{module: {"source": digest, "values": {global: value}}} of every user module the
+    namespace uses (see _used_by; a project's other modules cost nothing); a global that
+    cannot be pickled is left out (it stays as the module's code makes it)."""
     state = {}
-    for name, module in list(sys.modules.items()):
+    for name in sorted(_used_by(namespace)):
+        module = sys.modules.get(name)
         if module is None or not _is_user_module(name, module):
             continue
         values = {}
