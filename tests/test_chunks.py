@@ -116,3 +116,25 @@ def test_a_big_buffer_is_read_in_parallel_and_any_damaged_chunk_is_named(tmp_pat
         s.restore()
     assert "a" not in restored and (restored["b"] == np.arange(10)).all()
     assert any(key[:12] in m for m in said)
+
+
+RACE = """
+import sys, numpy as np, txpy
+store = sys.argv[1]
+ns = {"a": np.random.default_rng(0).integers(0, 4, 32 * 2**20, dtype=np.uint8)}
+with txpy.Session(store, "r", ns, notify=lambda m: None) as s:
+    s.commit()
+for _ in range(5):
+    assert (txpy.load(store, "r")["a"] == ns["a"]).all()
+"""
+
+
+def test_restores_decompress_chunks_in_several_threads_safely(tmp_path):
+    """Reader threads each use their own zstd decompressor: sharing one crashed the process
+    (a segfault, in a subprocess here so that it fails the test, not the run)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", RACE, str(tmp_path / ".txpy")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

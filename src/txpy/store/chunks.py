@@ -75,7 +75,6 @@ class ChunkStore:
         self.backend = backend
         self._level = level
         self._per_thread = threading.local()  # compressors are not thread-safe
-        self._decompressor = zstandard.ZstdDecompressor()
         self._known: set[str] = set()
         self._epoch: int | None = None
         self._compressing: tuple[int, ThreadPoolExecutor] | None = None
@@ -230,12 +229,12 @@ class ChunkStore:
             if codec == RAW:
                 data = body[1:]
             elif codec == ZSTD:
-                data = self._decompressor.decompress(body[1:])
+                data = self._decompressor().decompress(body[1:])
             elif codec == PLANES and len(body) > 1:
                 width = body[1]
                 if width < 2:  # to_planes is used only for items of 2 bytes and more
                     raise CorruptStoreError(f"chunk {key[:12]} is damaged (item size {width})")
-                data = from_planes(self._decompressor.decompress(body[2:]), width)
+                data = from_planes(self._decompressor().decompress(body[2:]), width)
             else:
                 raise _unknown_codec(key, body)
         except zstandard.ZstdError:
@@ -243,6 +242,14 @@ class ChunkStore:
         if chunk_key(data) != key:
             raise CorruptStoreError(f"chunk {key[:12]} is damaged (hash mismatch)")
         return data, width
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        """This thread's: a (de)compressor is not thread-safe, and restores read chunks in
+        several threads (sharing one crashed the process: a segfault in `make torture`)."""
+        decompressor = getattr(self._per_thread, "decompressor", None)
+        if decompressor is None:
+            decompressor = self._per_thread.decompressor = zstandard.ZstdDecompressor()
+        return decompressor
 
     def put_bodies(self, bodies: Iterable[tuple[str, bytes]], replace: bool = False) -> int:
         """Store bodies as another store holds them (each checked with `decode` there), so
