@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import capture, env, interrupts
+from . import capture, env, interrupts, usermodules
 from .errors import CommitFailedError
 from .model import Commit, Tree
 
@@ -155,6 +155,7 @@ class Background:
         examine = s._known.to_examine(current, every, s._tree)
         if not self._flight and self._predicted_cost(current, examine) < FORK_COST:
             return False
+        usermodules.user_modules(current)  # worked out once here, not in every child
         with interrupts.held():  # the child and its record in the queue: both or neither
             child = capture.fork(lambda: self._in_child(current, examine, every, expected))
             cap = _Capture(child, every, current, kind, message, [code or ""], duration)

@@ -34,6 +34,20 @@ def _distributed() -> frozenset[str]:
     return frozenset(importlib.metadata.packages_distributions())
 
 
+@cache
+def _installed_roots() -> tuple[str, ...]:
+    """Where installed code lives: the interpreter's prefixes (a project's .venv is often in
+    the working directory) and every site-packages directory."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *_site_dirs()}
+    return tuple(os.path.realpath(r) + os.sep for r in roots if r)
+
+
+def _site_dirs() -> list[str]:
+    import site
+
+    return [*site.getsitepackages(), site.getusersitepackages()]
+
+
 _verdicts: dict[tuple[str, str], bool] = {}
 
 
@@ -44,11 +58,20 @@ def _is_user_module(name: str, module: Any) -> bool:
     key = (name, file)
     verdict = _verdicts.get(key)
     if verdict is None:
-        here = os.path.realpath(os.getcwd()) + os.sep
-        verdict = (os.path.realpath(file).startswith(here)
-                   and name.partition(".")[0] not in _distributed())
+        real = os.path.realpath(file)
+        verdict = (real.startswith(os.path.realpath(os.getcwd()) + os.sep)
+                   and not real.startswith(_installed_roots())
+                   and name.partition(".")[0] not in _distributed())  # editable installs
         _verdicts[key] = verdict
     return verdict
+
+
+def user_modules(namespace: dict[str, Any]) -> list[str]:
+    """The user modules the namespace uses. Its verdicts are remembered: a session calls it
+    before forking a capture, so that children inherit them instead of each working them out
+    again (listing installed distributions takes ~0.3 s)."""
+    return [name for name in sorted(_used_by(namespace))
+            if (module := sys.modules.get(name)) is not None and _is_user_module(name, module)]
 
 
 def _source_digest(file: str) -> str | None:
@@ -78,10 +101,8 @@ def capture(namespace: dict[str, Any]) -> dict[str, Any]:
     namespace uses (see _used_by; a project's other modules cost nothing); a global that
     cannot be pickled is left out (it stays as the module's code makes it)."""
     state = {}
-    for name in sorted(_used_by(namespace)):
-        module = sys.modules.get(name)
-        if module is None or not _is_user_module(name, module):
-            continue
+    for name in user_modules(namespace):
+        module = sys.modules[name]
         values = {}
         for key, value in list(vars(module).items()):
             if key.startswith("__") or isinstance(value, _CODE):
