@@ -5,6 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+import txpy
 from conftest import run
 
 
@@ -93,3 +96,44 @@ def test_loading_a_commit_in_the_same_process_leaves_the_live_classes_alone(sess
     assert state["Cache"] is not ns["Cache"] and isinstance(state["cache"], state["Cache"])
     ns["cache"].add("a")
     session.commit()  # verify mode: the live class did not change behind the session's back
+
+
+def test_matplotlib_figures_are_examined_without_changing_and_keep_their_links(store):
+    """matplotlib's CallbackRegistry.__getstate__ advances a counter: every pickle changed
+    the figure, so verify saw it change at every commit and each commit stored it again."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from txpy.transaction import Transactions
+
+    ns = {"__name__": "__main__", "plt": plt}
+    s = txpy.Session(store, "m", ns, durability="sync", notify=lambda m: None)
+    txns = Transactions(s, "cell")
+
+    def cell(code):
+        txn = txns.begin()
+        compiled = compile(code, "<cell>", "exec")
+        txns.note(txn, compiled, code)
+        try:
+            exec(compiled, ns)
+        except ZeroDivisionError as e:
+            txns.rollback(txn, e)
+            return None
+        return txns.commit(txn, kind="cell")
+
+    first = cell("fig, ax = plt.subplots()\nline, = ax.plot([1, 2, 3])")
+    assert s.commit() == first  # examined again: unchanged, nothing new to store
+    cell("line.set_ydata([3, 2, 1])\nax.set_title('t')")
+    assert cell("line.set_ydata([9, 9, 9])\nax.set_title('bad')\n1 / 0") is None
+    fig, ax, line = ns["fig"], ns["ax"], ns["line"]
+    assert list(line.get_ydata()) == [3, 2, 1] and ax.get_title() == "t"
+    assert line.axes is ax and ax.figure is fig and any(x is line for x in ax.lines)
+    s.close()
+    state = txpy.load(store, "m")
+    fig, ax, line = state["fig"], state["ax"], state["line"]
+    assert line.axes is ax and ax.figure is fig and any(x is line for x in ax.lines)
+    assert list(line.get_ydata()) == [3, 2, 1] and ax.get_title() == "t"
+    plt.close("all")

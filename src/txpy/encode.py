@@ -41,6 +41,7 @@ from .compat import (
     cloudpickle_with_slots,
     copyreg_newobj,
     copyreg_slotnames,
+    matplotlib_callbacks_reduce,
 )
 from .errors import RestoreError
 
@@ -168,6 +169,9 @@ class _StatePickler(cloudpickle.Pickler):
             return NotStored, (what,)
         if cls is _LRU_WRAPPER:
             return self._lru_cache_reduce(obj)
+        cbook = sys.modules.get("matplotlib.cbook")
+        if cbook is not None and cls is cbook.CallbackRegistry:
+            return matplotlib_callbacks_reduce(obj)
         if self._main is not None and getattr(cls, "__module__", None) == self._main \
                 and cls not in self.dispatch_table:
             return self._namespace_instance_reduce(obj)
