@@ -2,9 +2,8 @@
 
 ``%load_ext txpy`` (or ``txpy.enable()``) commits each cell that finishes and rolls back each
 cell that raises or is interrupted; ``%txpy`` (:mod:`.ipython_magics`) shows and moves through
-the history. The user
-namespace stays IPython's own plain dict: which names a cell could touch is found statically
-(:mod:`txpy.track`).
+the history. The user namespace stays IPython's own plain dict: which names a cell could touch
+is found statically (:mod:`txpy.track`).
 """
 
 from __future__ import annotations
