@@ -149,8 +149,8 @@ class Background:
         self.collect()
         flying = [c.cand for c in self._flight]
         every = None if cand is None or None in flying else cand.union(*flying)  # type: ignore[arg-type]
-        if expected is not None and None not in flying:
-            expected = set(expected).union(*flying)  # type: ignore[arg-type]
+        if expected is not None:  # one in flight that could touch any name explains all
+            expected = None if None in flying else set(expected).union(*flying)  # type: ignore[arg-type]
         current = s._tracked()
         examine = s._known.to_examine(current, every, s._tree)
         if not self._flight and self._predicted_cost(current, examine) < FORK_COST:
