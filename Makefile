@@ -22,6 +22,7 @@ bench: $(PY)
 	$(PIP) install -q -e '.[test,bench]' torch==2.13.0
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_notebooks.py
+	$(PY) benchmarks/bench_background.py
 	$(PY) benchmarks/bench_run.py
 
 clean:
