@@ -35,8 +35,9 @@ from .errors import CommitFailedError
 from .model import Commit, Tree
 
 if TYPE_CHECKING:
+    from .examination import Captured
     from .repo import ChildChunks
-    from .session import Captured, Session
+    from .session import Session
 
 #: seconds a child may work on one capture before it is killed (a user's __reduce__ waiting
 #: for a lock another thread held at the fork would wait forever)
