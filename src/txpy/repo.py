@@ -212,8 +212,7 @@ class Repository:
         fd = os.open(self.path / "lock", os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            raw = os.pread(fd, 8, 0)
-            epoch = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+            epoch = self._gc_epoch(fd)
             self.chunks.revalidate(epoch)
             large, small = self._objects.large, []
             threshold = self._objects.threshold
@@ -248,8 +247,9 @@ class Repository:
             _, used = self.new_commit(commit, branch)
         return used
 
-    def _gc_epoch(self) -> int:
-        raw = os.pread(self._lock_fd, 8, 0)
+    def _gc_epoch(self, fd: int | None = None) -> int:
+        """The gc epoch in the lock file, read through fd (the store's own by default)."""
+        raw = os.pread(self._lock_fd if fd is None else fd, 8, 0)
         return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
 
     @contextmanager
