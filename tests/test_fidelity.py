@@ -137,3 +137,29 @@ def test_matplotlib_figures_are_examined_without_changing_and_keep_their_links(s
     assert line.axes is ax and ax.figure is fig and any(x is line for x in ax.lines)
     assert list(line.get_ydata()) == [3, 2, 1] and ax.get_title() == "t"
     plt.close("all")
+
+
+def test_a_notebook_getstate_runs_once_per_commit_even_for_names_stored_together(store):
+    """A __getstate__ with a side effect (a counter) is called once per commit, although the
+    names that share the object are pickled one by one and then together (class 8)."""
+    ns: dict = {"__name__": "__main__"}
+    with txpy.Session(store=store, name="t", namespace=ns, notify=lambda m: None,
+                      verify=False) as s:
+        run(ns, """
+            class Counted:
+                calls = 0
+                def __init__(self):
+                    self.items = []
+                def __getstate__(self):
+                    type(self).calls += 1
+                    return self.__dict__
+            a = Counted()
+            b = [a]
+            c = {"a": a}
+        """)
+        s.commit()
+        assert ns["Counted"].calls == 1
+        ns["a"].items.append(1)
+        s.commit(candidates=["a"])
+        assert ns["Counted"].calls == 2
+        assert txpy.load(store, "t")["b"][0].items == [1]

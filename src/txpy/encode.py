@@ -110,13 +110,22 @@ class NotStored:
         return NotStored, (self.what,)
 
 
+#: id → (object, its __reduce_ex__(5)) for the instances of notebook classes one examination
+#: pickled: names that share objects are pickled one by one and then together, and a
+#: notebook's __getstate__ may have side effects (a counter), so it is asked once. The object
+#: is held, so its id is not reused while the table lives.
+Reductions = dict[int, tuple[Any, Any]]
+
+
 class _StatePickler(cloudpickle.Pickler):
     """cloudpickle's C pickler plus namespace-aware functions and out-of-band torch tensors."""
 
     def __init__(self, file: io.BytesIO, namespace: Mapping[str, Any] | None,
-                 buffer_callback: Callable[[pickle.PickleBuffer], bool]):
+                 buffer_callback: Callable[[pickle.PickleBuffer], bool],
+                 reductions: Reductions | None):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self._namespace = namespace
+        self._reductions = reductions
         #: the module name the namespace's classes carry ("__main__" in a notebook)
         self._main = namespace.get("__name__") if namespace is not None else None
         self._top: Any = None
@@ -216,7 +225,7 @@ class _StatePickler(cloudpickle.Pickler):
           elsewhere the name is looked up in the namespace, keeping one object (the session
           binds the name first). A name that does not bind it here is stored by value too.
         """
-        reduced = obj.__reduce_ex__(5)
+        reduced = self._reduce_once(obj)
         if not isinstance(reduced, str):
             if 3 <= len(reduced) <= 5 and getattr(type(obj), "__getattr__", None) is not None:
                 return (*reduced, None, None)[:5] + (_set_state,)
@@ -224,6 +233,15 @@ class _StatePickler(cloudpickle.Pickler):
         if not self._is_top(obj) and self._namespace.get(reduced) is obj:  # type: ignore[union-attr]
             return _namespace_value, (reduced,)
         return _reduce_by_value(obj)
+
+    def _reduce_once(self, obj: Any) -> Any:
+        """obj.__reduce_ex__(5), asked once per examination (see Reductions)."""
+        if self._reductions is None:
+            return obj.__reduce_ex__(5)
+        hit = self._reductions.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            hit = self._reductions[id(obj)] = (obj, obj.__reduce_ex__(5))
+        return hit[1]
 
     def _is_top(self, obj: Any) -> bool:
         """Whether obj is the value being pickled, or one of a component's values (a tuple)."""
@@ -557,20 +575,24 @@ def _rebuild_string_array(buffer: Any, shape: tuple[int, ...]) -> Any:
     return out.reshape(shape)
 
 
-def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: bool) -> Encoded:
+def encode(value: Any, namespace: Mapping[str, Any] | None, *, collect_shared: bool,
+           reductions: Reductions | None = None) -> Encoded:
     """Pickle value; UnpicklableError if it (or something it holds) cannot be pickled.
+
+    reductions: shared by the encodes of one examination (see Reductions).
 
     Deep graphs that overflow the recursion limit are retried on a thread with a large stack.
     """
     if value is namespace and namespace is not None:  # G = globals(): the namespace itself
         value = _NAMESPACE
     try:
-        return _encode(value, namespace, collect_shared)
+        return _encode(value, namespace, collect_shared, reductions)
     except RecursionError:
-        return _on_big_stack(lambda: _encode(value, namespace, collect_shared))
+        return _on_big_stack(lambda: _encode(value, namespace, collect_shared, reductions))
 
 
-def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: bool) -> Encoded:
+def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: bool,
+            reductions: Reductions | None) -> Encoded:
     out = io.BytesIO()
     buffers: list[memoryview] = []
     widths: list[int] = []
@@ -583,7 +605,7 @@ def _encode(value: Any, namespace: Mapping[str, Any] | None, collect_shared: boo
         widths.append(memoryview(buffer).itemsize)
         return False
 
-    pickler = _StatePickler(out, namespace, out_of_band)
+    pickler = _StatePickler(out, namespace, out_of_band, reductions)
     try:
         pickler.dump(value)
     except RecursionError:

@@ -16,7 +16,7 @@ from typing import Any
 from . import globalstate
 from .components import ComponentWriter, Fingerprint, fingerprint
 from .describe import describe
-from .encode import UnpicklableError, encode
+from .encode import Reductions, UnpicklableError, encode
 from .knowledge import Knowledge, Known
 from .loading import RNG_NAME
 from .model import ANY_NAME, Tree, Unstored
@@ -50,6 +50,7 @@ class Examination:
         self._components = components
         self.namespace = namespace
         self._say_once = say_once
+        self._reductions: Reductions = {}
 
     def capture(self, current: dict[str, Any], examine: set[str], cand: set[str] | None,
                 expected: Iterable[str] | None) -> Captured:
@@ -102,7 +103,8 @@ class Examination:
             value = current[n]
             began = time.perf_counter()
             try:
-                prints[n] = fingerprint(encode(value, self.namespace, collect_shared=True))
+                prints[n] = fingerprint(encode(value, self.namespace, collect_shared=True,
+                                                  reductions=self._reductions))
                 held = prints[n].encoded.placeholders
                 if held:
                     self._say_once(n, f"{n!r} is stored without the {', '.join(sorted(set(held)))}"
@@ -140,7 +142,8 @@ class Examination:
                 fp = prints[group[0]]
             else:
                 values = tuple(current[n] for n in group)
-                fp = fingerprint(encode(values, self.namespace, collect_shared=False))
+                fp = fingerprint(encode(values, self.namespace, collect_shared=False,
+                                        reductions=self._reductions))
             key = key_for(group, fp)
             for n in group:
                 components[n] = key
