@@ -20,7 +20,7 @@ def settings_kept():
     """Leave the test process's settings as they were."""
     state = globalstate.capture()
     yield
-    globalstate.restore(state)
+    globalstate.restore(state, {})
 
 
 def _change_everything():
@@ -48,7 +48,7 @@ def test_every_provider_puts_back_what_it_captured(settings_kept):
     before = globalstate.capture()
     _change_everything()
     assert all(_looks_changed().values())
-    assert globalstate.restore(before) == ({}, [])
+    assert globalstate.restore(before, {}) == ({}, [])
     assert not any(_looks_changed().values()), _looks_changed()
 
 
@@ -56,7 +56,7 @@ def test_a_setting_that_cannot_be_put_back_costs_only_itself(settings_kept):
     state = globalstate.capture()
     state["numpy errors"] = {"no such error kind": "raise"}
     torch.set_default_dtype(torch.float64)
-    failed, _ = globalstate.restore(state)
+    failed, _ = globalstate.restore(state, {})
     assert list(failed) == ["numpy errors"]
     assert torch.get_default_dtype() == torch.float32
 

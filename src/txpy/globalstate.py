@@ -113,9 +113,11 @@ def capture(namespace: dict[str, Any] | None = None) -> dict[str, Any]:
     return state
 
 
-def restore(state: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """Put captured state back; return {provider: why} for those that could not be, and
-    notes to say (user modules whose source changed since)."""
+def restore(state: dict[str, Any], namespace: dict[str, Any]
+            ) -> tuple[dict[str, str], list[str]]:
+    """Put captured state back (namespace: already restored, for the user modules' globals
+    that are its objects); return {provider: why} for those that could not be, and notes to
+    say (user modules whose source changed since)."""
     failed = {}
     for p in PROVIDERS:
         if p.name in state:
@@ -126,7 +128,7 @@ def restore(state: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     notes = []
     if USER_MODULES in state:
         try:
-            changed = usermodules.restore(state[USER_MODULES])
+            changed = usermodules.restore(state[USER_MODULES], namespace)
         except Exception as e:
             failed[USER_MODULES] = f"{type(e).__name__}: {e}"
         else:

@@ -117,7 +117,7 @@ class Loader:
         notes: list[str] = []
         try:
             state = decode_manifest(self.repo, self.repo.manifest(tree.rng), {})[RNG_NAME]
-            failed, notes = globalstate.restore(state)
+            failed, notes = globalstate.restore(state, self.namespace)
         except Exception as e:
             failed = {RNG_NAME: reason_of(e)}
         for note in notes:

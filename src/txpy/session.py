@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
-from . import capture, env, interrupts
+from . import capture, env, interrupts, usermodules
 from .background import Background, Published
 from .components import (
     ComponentWriter,
@@ -131,7 +131,8 @@ class Session:
         candidates: names the transaction could have read or written; None examines all.
         expected (with candidates None, a sweep): the names the transactions since HEAD named;
         a name that changed outside them was changed from outside the namespace (a library
-        callback, a thread) and joins `escaped`, examined at every commit from then on.
+        callback, a thread) and joins `escaped`, examined at every commit from then on, like
+        the names that bind a user module's global (its functions change them unnamed).
         With async durability, this commit is encoded while the previous one is still being
         written; it waits for that write only before publishing itself.
 
@@ -140,7 +141,8 @@ class Session:
         HEAD, known digests and sharing index all describe it, or none of them changed.
         """
         started = time.perf_counter()
-        cand = None if candidates is None else set(candidates) | self.escaped
+        cand = None if candidates is None else \
+            set(candidates) | self.escaped | usermodules.aliased(self.namespace)
         if background and self._background.start(cand, expected, kind=kind, message=message,
                                                   code=code, duration=duration, started=started):
             return ""
