@@ -9,6 +9,7 @@ import textwrap
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -26,6 +27,7 @@ def settings_kept():
 def _change_everything():
     np.seterr(divide="raise")
     np.set_printoptions(precision=3)
+    pd.set_option("display.max_rows", 7)
     torch.set_default_dtype(torch.float64)
     torch.set_grad_enabled(False)
     warnings.filterwarnings("error", message="txpy-test", category=UserWarning)
@@ -36,6 +38,7 @@ def _looks_changed():
     return {
         "divide": np.geterr()["divide"] == "raise",
         "precision": np.get_printoptions()["precision"] == 3,
+        "pandas rows": pd.get_option("display.max_rows") == 7,
         "dtype": torch.get_default_dtype() == torch.float64,
         "grad off": not torch.is_grad_enabled(),
         "warning filter": any(f[0] == "error" and f[1] is not None
@@ -81,7 +84,8 @@ def test_a_new_process_restores_the_settings(store, settings_kept):
         import logging, numpy as np, torch, txpy
         s = txpy.Session({str(store)!r}, "g", {{}})
         s.restore()
+        import pandas as pd
         print(np.geterr()["divide"], torch.get_default_dtype(), torch.is_grad_enabled(),
-              logging.getLogger("txpy.test.logger").level)
+              logging.getLogger("txpy.test.logger").level, pd.get_option("display.max_rows"))
     """)], capture_output=True, text=True, timeout=120, check=True).stdout.split()
-    assert out == ["raise", "torch.float64", "False", str(logging.ERROR)]
+    assert out == ["raise", "torch.float64", "False", str(logging.ERROR), "7"]

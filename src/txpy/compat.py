@@ -188,6 +188,38 @@ def matplotlib_callbacks_reduce(registry: Any) -> tuple[Any, ...]:
     return copyreg.__newobj__, (type(registry),), state
 
 
+def pandas_changed_options(pandas: Any) -> dict[str, Any]:
+    """{option: value} of the pandas options set away from their defaults. Read from pandas'
+    own tables: ``pd.get_option`` warns on deprecated options (an error under
+    ``filterwarnings("error")``) and costs ~3 µs each."""
+    config = pandas._config.config
+    registered = private(config, "_registered_options", "pandas", pandas.__version__)
+    values = private(config, "_global_config", "pandas", pandas.__version__)
+    changed = {}
+    for key, option in registered.items():
+        where = values
+        *path, last = key.split(".")
+        for part in path:
+            where = where.get(part, {})
+        if last in where and where[last] != option.defval:
+            changed[key] = where[last]
+    return changed
+
+
+def pandas_set_options(pandas: Any, changed: dict[str, Any]) -> None:
+    """Set pandas' options to changed and every other one back to its default."""
+    import warnings
+
+    now = pandas_changed_options(pandas)
+    registered = pandas._config.config._registered_options
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated options warn when set
+        for key in now.keys() | changed.keys():
+            target = changed.get(key, registered[key].defval if key in registered else None)
+            if key in registered and now.get(key, registered[key].defval) != target:
+                pandas.set_option(key, target)
+
+
 def check_ipython() -> None:
     """UnsupportedVersionError unless IPython is 8.x or 9.x and its MagicsManager keeps the
     tables forget_line_magic edits."""

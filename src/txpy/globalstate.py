@@ -1,6 +1,7 @@
 """State outside the namespace that a session's results depend on: the global random
 generators and library settings (numpy's error handling and print options, torch's default
-dtype and grad mode, scikit-learn's config, warnings filters, logging levels).
+dtype and grad mode, scikit-learn's config, pandas options, warnings filters, logging
+levels).
 
 A rolled-back or restored session must go on as an uninterrupted one would: the same random
 stream, the same dtype for new tensors, the same warnings turned into errors. Each provider
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import usermodules
+from .compat import pandas_changed_options, pandas_set_options
 
 USER_MODULES = "user modules"
 
@@ -92,6 +94,7 @@ PROVIDERS = (
              lambda m, s: m.set_grad_enabled(s)),
     Provider("scikit-learn config", "sklearn", lambda m: m.get_config(),
              lambda m, s: m.set_config(**s)),
+    Provider("pandas options", "pandas", pandas_changed_options, pandas_set_options),
     Provider("warnings filters", "warnings", _warnings_filters, _set_warnings_filters),
     Provider("logging levels", "logging", _logging_levels, _set_logging_levels),
 )
