@@ -153,13 +153,18 @@ def test_a_notebook_getstate_runs_once_per_commit_even_for_names_stored_together
                 def __getstate__(self):
                     type(self).calls += 1
                     return self.__dict__
+            class Bag(list):  # its items reduce to an iterator, used up by one pickling
+                pass
             a = Counted()
             b = [a]
             c = {"a": a}
+            bag = Bag([1, 2])
+            d = {"bag": bag}
         """)
         s.commit()
         assert ns["Counted"].calls == 1
         ns["a"].items.append(1)
         s.commit(candidates=["a"])
         assert ns["Counted"].calls == 2
-        assert txpy.load(store, "t")["b"][0].items == [1]
+        loaded = txpy.load(store, "t")
+        assert loaded["b"][0].items == [1] and loaded["d"]["bag"] == [1, 2]

@@ -235,13 +235,23 @@ class _StatePickler(cloudpickle.Pickler):
         return _reduce_by_value(obj)
 
     def _reduce_once(self, obj: Any) -> Any:
-        """obj.__reduce_ex__(5), asked once per examination (see Reductions)."""
+        """obj.__reduce_ex__(5), asked once per examination (see Reductions). The items of a
+        list or dict subclass come as an iterator, used up by one pickling: they are kept
+        as a list, and each pickling gets an iterator of its own."""
         if self._reductions is None:
             return obj.__reduce_ex__(5)
         hit = self._reductions.get(id(obj))
         if hit is None or hit[0] is not obj:
-            hit = self._reductions[id(obj)] = (obj, obj.__reduce_ex__(5))
-        return hit[1]
+            reduced = obj.__reduce_ex__(5)
+            if isinstance(reduced, tuple) and len(reduced) > 3:
+                reduced = (*reduced[:3], *(None if items is None else list(items)
+                                           for items in reduced[3:5]), *reduced[5:])
+            hit = self._reductions[id(obj)] = (obj, reduced)
+        reduced = hit[1]
+        if isinstance(reduced, tuple) and len(reduced) > 3:
+            return (*reduced[:3], *(None if items is None else iter(items)
+                                    for items in reduced[3:5]), *reduced[5:])
+        return reduced
 
     def _is_top(self, obj: Any) -> bool:
         """Whether obj is the value being pickled, or one of a component's values (a tuple)."""
