@@ -13,10 +13,10 @@ jupyter_client = pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
 
-def start_kernel(cwd):
+def start_kernel(cwd, **env_vars):
     km = jupyter_client.KernelManager(kernel_name="python3")
     km.kernel_spec.argv[0] = sys.executable  # this venv's python, whatever is on PATH
-    env = dict(os.environ, TXPY_VERIFY="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, TXPY_VERIFY="1", PYTHONWARNINGS="ignore", **env_vars)
     km.start_kernel(cwd=str(cwd), env=env)
     kc = km.client()
     kc.start_channels()
@@ -25,9 +25,9 @@ def start_kernel(cwd):
 
 
 @contextmanager
-def kernel(cwd):
+def kernel(cwd, **env_vars):
     """A kernel in cwd for the with block, shut down after it (killed or not)."""
-    km, kc = start_kernel(cwd)
+    km, kc = start_kernel(cwd, **env_vars)
     try:
         yield km, kc
     finally:
@@ -226,3 +226,23 @@ def test_a_cell_captured_in_the_background_survives_a_kernel_restart(tmp_path):
         ok(kc, "%load_ext txpy")
         ok(kc, "%txpy restore")
         assert ok(kc, "print(big[-1], marker)") == "last after restart\n"
+
+
+def test_a_change_a_thread_makes_while_the_kernel_is_idle_is_swept_and_survives_kill_9(
+        tmp_path):
+    """A thread appends to a list after its cell ended and no other cell runs: a sweep while
+    the kernel is idle commits it (and says so), so kill -9 + %txpy restore brings it back."""
+    with kernel(tmp_path, TXPY_IDLE_SWEEP="1") as (km, kc):
+        ok(kc, "%load_ext txpy")
+        ok(kc, "import threading, time\nxs = [1]\nys = [0]\n"
+               "def work():\n    time.sleep(0.5)\n    xs.extend([2, 3])\n"
+               "threading.Thread(target=work, daemon=True).start()")
+        time.sleep(4)  # idle: no cell runs (a cell would commit the change itself)
+        ok(kc, "%txpy wait")
+        log = ok(kc, "%txpy log")
+        sigkill(km)
+    assert "sweep" in log
+    with kernel(tmp_path) as (km, kc):
+        ok(kc, "%load_ext txpy")
+        ok(kc, "%txpy restore")
+        assert ok(kc, "print(xs, ys)") == "[1, 2, 3] [0]\n"

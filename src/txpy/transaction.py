@@ -8,7 +8,8 @@ for all of them and lives here:
   hook for code only it can read, such as IPython's magics), plus those of earlier
   transactions whose commit failed;
 * the sweep policy: one commit in every :data:`SWEEP_EVERY` examines every name, catching
-  mutations static tracking cannot see (a library that kept an object and changed it later);
+  mutations static tracking cannot see (a library that kept an object and changed it later),
+  and a frontend may sweep when idle (:meth:`Transactions.sweep`);
 * a commit that failed is retried before the next transaction starts, so that rolling that
   one back does not throw the unsaved results away; if the retry fails too, the rollback is
   refused rather than lose them;
@@ -140,6 +141,14 @@ class Transactions:
             return None
         self.settled()
         return cid
+
+    def sweep(self) -> str | None:
+        """Examine every name between transactions (the kernel is idle): what changed was
+        changed behind the transactions' backs (a thread, a library callback). It is
+        committed (kind "sweep"; no commit if nothing changed), and its names join the
+        session's escape set, examined at every commit from then on."""
+        self._commits = 0  # the next periodic sweep counts from this one
+        return self.commit(self.begin(), kind="sweep", full=True)
 
     def settled(self) -> None:
         """The namespace is what HEAD holds (a commit stood, a restore, a checkout): nothing

@@ -27,6 +27,7 @@ from ..model import Commit
 from ..repo import store_for
 from ..session import Session, is_dunder
 from ..transaction import Transaction, Transactions
+from .idle import IdleSweeps
 from .ipython_calls import shell_calls
 from .ipython_magics import TxpyMagics, notify
 
@@ -97,6 +98,7 @@ class Extension:
         #: HEAD a fresh kernel found: what `%txpy restore` brings back, even after this
         #: kernel has committed cells of its own (on a branch of their own)
         self.saved: tuple[Commit, str | None] | None = None
+        self.idle: IdleSweeps | None = None  # set by load_ipython_extension in a kernel
         if attach:
             self.attach(history or notebook_history(ip, self.store))
 
@@ -170,6 +172,8 @@ class Extension:
 
     # --- cells --------------------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
+        if self.idle is not None:
+            self.idle.cell_started()
         if self._running:  # a cell run by a cell: part of the outer one's transaction
             self._running.append((info, None))
             return
@@ -224,6 +228,19 @@ class Extension:
                    "saves everything")
             if not isinstance(e, (Exception, KeyboardInterrupt)):
                 raise
+        finally:
+            if self.idle is not None and not self._running:
+                self.idle.cell_ended()
+
+    def idle_sweep(self) -> None:
+        """Examine every name while the kernel is idle (see frontends.idle): never inside a
+        cell, nor in a fresh kernel that has committed nothing yet."""
+        if self._running or not self.enabled or self.txns is None or self._fresh is not None:
+            return
+        try:
+            self.txns.sweep()
+        except BaseException as e:  # an interrupt between requests: the next cell saves all
+            self.txns.lost_track(e)
 
     def _end(self, result: Any) -> None:
         info = getattr(result, "info", None)
@@ -322,6 +339,7 @@ def load_ipython_extension(ip: Any) -> Extension:
     ip.events.register("pre_run_cell", pre)
     ip.events.register("post_run_cell", post)
     ip.register_magics(TxpyMagics(ip, ext))
+    ext.idle = IdleSweeps.of_kernel(ip, ext.idle_sweep)
     _extensions[id(ip)] = (ext, pre, post)
     return ext
 
@@ -335,6 +353,8 @@ def unload_ipython_extension(ip: Any) -> None:
     ip.events.unregister("pre_run_cell", pre)
     ip.events.unregister("post_run_cell", post)
     forget_line_magic(ip, "txpy", TxpyMagics.__name__)
+    if ext.idle is not None:
+        ext.idle.stop()
     ext.detach()
 
 
