@@ -73,3 +73,38 @@ def test_a_structure_too_deep_to_merge_is_rebound_instead(session):
     session.commit()
     _fail(session, "head.value = 1")
     assert ns["head"].value == 0
+
+
+def test_a_library_object_that_pickles_as_its_dict_is_restored_in_place(session):
+    ns = session.namespace
+    run(ns, """
+        import argparse
+        cfg = argparse.Namespace(lr=0.1, seen=[1])
+    """)
+    session.commit()
+    cfg, seen = ns["cfg"], ns["cfg"].seen
+    held = [cfg]  # a library holding it
+    _fail(session, "cfg.lr = 5\ncfg.seen.append(2)\ncfg.extra = 1")
+    assert ns["cfg"] is cfg is held[0] and cfg.seen is seen
+    assert vars(cfg) == {"lr": 0.1, "seen": [1]}
+
+
+@pytest.mark.parametrize("cell", ["a += 1\nh.x = 1", "a += 1\nlib = 5"],
+                         ids=["mutated", "library-name-rebound"])
+def test_a_rolled_back_component_never_comes_back_split(session, cell):
+    """A library object with pickling of its own is replaced by its decoded copy; the array
+    it shares with a notebook object must then not be written back into the live one (the
+    names would stop sharing it): the component comes back whole and still shared."""
+    ns = session.namespace
+    run(ns, """
+        import numpy as np, types
+        class Holder:
+            pass
+        h = Holder()
+        a = np.zeros(3)
+        h.arr = a
+        lib = types.SimpleNamespace(arr=a)
+    """)
+    session.commit()
+    _fail(session, cell)
+    assert ns["h"].arr is ns["a"] and ns["lib"].arr is ns["a"] and not ns["a"].any()

@@ -5,16 +5,39 @@ the live object: a closure, a library's registry, a dict keyed by ``id(x)``, a v
 array. So where a failed transaction only mutated an object (its name still binds the same
 object), the decoded value is used as a source: its content is copied into the live object,
 recursively into the objects the live one holds, where their types allow — builtin
-containers, numpy arrays, torch tensors, instances of the session's own classes. Anything
-else (a library object, a changed type or shape) is replaced by the decoded value, as before.
+containers, numpy arrays, torch tensors, instances of the session's own classes and of
+library classes that pickle as their ``__dict__`` (no ``__reduce__``/``__getstate__``/
+``__setstate__`` of their own). Anything else (a library object with its own pickling, a
+changed type or shape) is replaced by the decoded value.
+
+A replaced object holds decoded objects: if one of those had its content written into a live
+object instead, the component would come back split (a library object and a notebook
+object no longer sharing the array they shared). A merge checks for that
+(Merger.consistent) and then the names are bound to the decoded values, whole.
 """
 
 from __future__ import annotations
 
+import copyreg
+import gc
 import sys
+import types
 from typing import Any
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
+#: objects a replaced value's walk does not enter: they hold no decoded objects of its own
+#: (a function's globals are the namespace; its closure and defaults are walked)
+_OPAQUE = (type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)
+#: a walk that meets more objects than this gives up and says "not consistent" (safe)
+WALK_LIMIT = 1_000_000
+
+
+def _default_pickled(cls: type) -> bool:
+    """Whether pickle stores an instance of cls as its class and ``__dict__`` (and slots)
+    only: then writing the decoded ``__dict__`` into the live one is what unpickling does."""
+    return (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and getattr(cls, "__getstate__", None) is object.__getstate__
+            and not hasattr(cls, "__setstate__") and cls not in copyreg.dispatch_table)
 
 
 class Merger:
@@ -25,18 +48,55 @@ class Merger:
     def __init__(self, main: str | None):
         self.main = main
         self.done: dict[int, Any] = {}  # id(live) -> what it became (cycles, shared objects)
+        self._kept: set[int] = set()  # ids of decoded objects written into live ones
+        self._replaced: list[Any] = []  # decoded objects bound instead of live ones
 
     def merge(self, live: Any, saved: Any) -> Any:
         """The object to bind: live with saved's content written into it where types allow,
         else saved."""
-        if live is saved or type(live) is not type(saved) or isinstance(live, _SCALARS):
+        if live is saved or isinstance(saved, _SCALARS):
+            return saved
+        if type(live) is not type(saved):
+            self._replaced.append(saved)
             return saved
         if id(live) in self.done:
             return self.done[id(live)]
         self.done[id(live)] = live  # for cycles: while it is being merged, it stays itself
         result = self._merge_by_type(live, saved)
         self.done[id(live)] = result
+        if result is live:
+            self._kept.add(id(saved))
+        elif result is saved:
+            self._replaced.append(saved)
         return result
+
+    def replace(self, saved: Any) -> Any:
+        """saved, bound as it is (its name was rebound since HEAD): checked by consistent."""
+        if not isinstance(saved, _SCALARS):
+            self._replaced.append(saved)
+        return saved
+
+    def consistent(self) -> bool:
+        """Whether no replaced object reaches a decoded object whose content went into a
+        live one instead (the names would no longer share it)."""
+        if not self._kept or not self._replaced:
+            return True
+        seen: set[int] = set()
+        todo = list(self._replaced)
+        while todo:
+            obj = todo.pop()
+            if id(obj) in seen or isinstance(obj, _OPAQUE) or isinstance(obj, _SCALARS):
+                continue
+            if id(obj) in self._kept:
+                return False
+            seen.add(id(obj))
+            if len(seen) > WALK_LIMIT:
+                return False
+            if isinstance(obj, types.FunctionType):
+                todo += [obj.__closure__, obj.__defaults__, obj.__kwdefaults__, obj.__dict__]
+            else:
+                todo += gc.get_referents(obj)
+        return True
 
     def _merge_by_type(self, live: Any, saved: Any) -> Any:
         kind = type(live)
@@ -74,8 +134,9 @@ class Merger:
         torch = sys.modules.get("torch")
         if torch is not None and type(live) in (torch.Tensor, torch.nn.Parameter):
             return self._merge_tensor(torch, live, saved)
-        if self.main is None or getattr(type(live), "__module__", None) != self.main:
-            return saved  # a library's object: its state is not ours to rewrite
+        ours = self.main is not None and getattr(type(live), "__module__", None) == self.main
+        if not ours and not _default_pickled(type(live)):
+            return saved  # a library's object with pickling of its own: replaced
         if isinstance(live, (dict, list, set, bytearray, tuple)):
             return saved  # a container subclass: its content is not in its __dict__
         state = getattr(live, "__dict__", None)

@@ -63,12 +63,12 @@ class Loader:
         announce(self.notify, "loading", sum(b.nbytes for m in manifests for b in m.buffers))
         loaded: set[str] = set()
 
-        merger = Merger(self.namespace.get("__name__")) if in_place else None
-
         def bind(values: dict[str, Any]) -> None:
             values = {n: v for n, v in values.items() if n not in keep}
-            if merger is not None:
-                values = {n: self._into_live(merger, n, v, current) for n, v in values.items()}
+            if in_place:  # one component: its names share objects with each other only
+                merger = Merger(self.namespace.get("__name__"))
+                merged = {n: self._into_live(merger, n, v, current) for n, v in values.items()}
+                values = merged if merger.consistent() else values
             self.namespace.update(values)
             loaded.update(values)
 
@@ -106,8 +106,8 @@ class Loader:
             try:
                 return merger.merge(current[name], value)
             except RecursionError:  # a structure too deep to walk: rebind it instead
-                return value
-        return value
+                pass
+        return merger.replace(value)
 
     def restore_globals(self, tree: Tree) -> None:
         """Put the global random generators and library settings back; what cannot be put
