@@ -120,9 +120,7 @@ class Transactions:
         self._commits += 1
         named = None if txn.candidates is None or self._pending is None \
             else self._pending | txn.candidates
-        every = SWEEP_EVERY_IN_BACKGROUND if self.background and \
-            s.durability == "background" else SWEEP_EVERY
-        cand = None if full or self._commits % every == 0 else named
+        cand = None if full or self._commits % self.sweep_every() == 0 else named
         before = s.stood
         try:
             cid = s.commit(message, kind=kind, code="\n".join(txn.codes) or None,
@@ -142,13 +140,23 @@ class Transactions:
         self.settled()
         return cid
 
+    def sweep_every(self) -> int:
+        """One commit in this many examines every name (see SWEEP_EVERY)."""
+        background = self.background and self.session.durability == "background"
+        return SWEEP_EVERY_IN_BACKGROUND if background else SWEEP_EVERY
+
+    def commits_since_sweep(self) -> int:
+        """Commits since the last one that examined every name (0: that one was)."""
+        return self._commits % self.sweep_every()
+
     def sweep(self) -> str | None:
         """Examine every name between transactions (the kernel is idle): what changed was
         changed behind the transactions' backs (a thread, a library callback). It is
         committed (kind "sweep"; no commit if nothing changed), and its names join the
         session's escape set, examined at every commit from then on."""
+        committed = self.commit(self.begin(), kind="sweep", full=True)
         self._commits = 0  # the next periodic sweep counts from this one
-        return self.commit(self.begin(), kind="sweep", full=True)
+        return committed
 
     def settled(self) -> None:
         """The namespace is what HEAD holds (a commit stood, a restore, a checkout): nothing

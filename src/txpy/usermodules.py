@@ -11,6 +11,7 @@ whose source changed since the commit is named when its values are put back.
 """
 
 from __future__ import annotations
+import __future__
 
 import importlib
 import importlib.metadata
@@ -24,8 +25,9 @@ import xxhash
 
 from .encode import encode
 
+#: what a module's source makes (``from __future__ import annotations`` binds a _Feature)
 _CODE = (types.ModuleType, types.FunctionType, type, types.BuiltinFunctionType,
-         types.MethodType)
+         types.MethodType, __future__._Feature)
 
 
 @cache
@@ -66,11 +68,13 @@ def _is_user_module(name: str, module: Any) -> bool:
     return verdict
 
 
-def user_modules(namespace: dict[str, Any]) -> list[str]:
-    """The user modules the namespace uses. Its verdicts are remembered: a session calls it
-    before forking a capture, so that children inherit them instead of each working them out
-    again (listing installed distributions takes ~0.3 s)."""
-    used = _used_by(namespace) | aliases(namespace).keys()
+def user_modules(namespace: dict[str, Any],
+                 shared: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """The user modules the namespace uses (shared: its aliases, when known). Its verdicts
+    are remembered: a session calls it before forking a capture, so that children inherit
+    them instead of each working them out again (listing installed distributions takes
+    ~0.3 s)."""
+    used = _used_by(namespace) | (aliases(namespace) if shared is None else shared).keys()
     return [name for name in sorted(used)
             if (module := sys.modules.get(name)) is not None and _is_user_module(name, module)]
 
@@ -85,19 +89,16 @@ def aliases(namespace: dict[str, Any]) -> dict[str, dict[str, str]]:
     the namespace and the module's global is bound to it again on restore; and since the
     module's functions change it without a cell naming it, the name is examined at every
     commit."""
-    loaded = _loaded_user_modules()
-    if not loaded:
+    globals_by_id = {id(value): (name, key) for name, module in _loaded_user_modules()
+                     for key, value in _data_globals(module).items()
+                     if not isinstance(value, _IMMUTABLE)}
+    if not globals_by_id:
         return {}
-    names_of: dict[int, str] = {}
-    for n, v in list(namespace.items()):
-        if not isinstance(v, _IMMUTABLE):
-            names_of.setdefault(id(v), n)
     found: dict[str, dict[str, str]] = {}
-    for name, module in loaded:
-        for key, value in _data_globals(module).items():
-            n = names_of.get(id(value))
-            if n is not None and not isinstance(value, _IMMUTABLE):
-                found.setdefault(name, {})[key] = n
+    for n, value in list(namespace.items()):  # the first name, where several bind it
+        where = globals_by_id.get(id(value))
+        if where is not None and where[1] not in found.get(where[0], {}):
+            found.setdefault(where[0], {})[where[1]] = n
     return found
 
 
@@ -137,15 +138,15 @@ def _source_digest(file: str) -> str | None:
 
 def _used_by(namespace: dict[str, Any]) -> set[str]:
     """Names of the modules the namespace uses: modules bound to its names, and those that
-    define its functions, classes and its values' types (read without running user code)."""
-    used = set()
-    for value in list(namespace.values()):
+    define its functions, classes and its values' types (read without running user code;
+    the types are gathered first: 5,000 variables have a handful of types)."""
+    values = list(namespace.values())
+    used = {getattr(kind, "__module__", None) or "" for kind in set(map(type, values))}
+    for value in values:
         if isinstance(value, types.ModuleType):
             used.add(value.__name__)
         elif isinstance(value, (types.FunctionType, type)):
             used.add(getattr(value, "__module__", None) or "")
-        else:
-            used.add(type(value).__module__)
     return used
 
 
@@ -156,7 +157,7 @@ def capture(namespace: dict[str, Any]) -> dict[str, Any]:
     makes it)."""
     state = {}
     shared = aliases(namespace)
-    for name in user_modules(namespace):
+    for name in user_modules(namespace, shared):
         module = sys.modules[name]
         named = shared.get(name, {})
         values = {}
