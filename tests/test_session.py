@@ -2,6 +2,7 @@
 
 import random
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -197,6 +198,16 @@ def test_unserializable_values_never_fail_a_commit(session, store):
     with pytest.warns(txpy.TxpyWarning, match="gen .generator.*lock"):
         state = txpy.load(store, "t", c)
     assert state["ok"] == [1, 2] and "gen" not in state
+
+
+def test_a_load_reports_unstored_names_even_when_warnings_are_errors(session, store, capsys):
+    session.namespace.update(gen=(i for i in range(3)), ok=[1])
+    session.commit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = txpy.load(store, "t")
+    assert state["ok"] == [1]
+    assert "not restored (never stored): gen (generator)" in capsys.readouterr().err
 
 
 def test_deep_object_graphs_are_stored(session, store):
