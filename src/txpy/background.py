@@ -140,9 +140,11 @@ class Background:
                    (c.future is not None and c.future.done()))
 
     def start(self, cand: set[str] | None, expected: Iterable[str] | None, *, kind: str,
-              message: str, code: str | None, duration: float, started: float) -> bool:
-        """Capture the namespace in a forked child; False if it should be captured in
-        process (fork missing or off, CUDA in use, or a capture cheaper than a fork)."""
+              message: str, code: str | None, duration: float, started: float
+              ) -> bool | tuple[dict[str, Any], set[str]]:
+        """Capture the namespace in a forked child (True); else it should be captured in
+        process: False (fork missing or off, CUDA in use), or, for a capture cheaper than a
+        fork, the namespace and the names to examine it worked out, for that capture."""
         s = self.session
         if s.durability != "background" or self.off is not None or not capture.can_fork() \
                 or self._cuda_in_use():
@@ -155,7 +157,7 @@ class Background:
         current = s._tracked()
         examine = s._known.to_examine(current, every, s._tree)
         if not self._flight and self._predicted_cost(current, examine) < FORK_COST:
-            return False
+            return current, examine  # nothing in flight: every is cand
         usermodules.user_modules(current)  # worked out once here, not in every child
         with interrupts.held():  # the child and its record in the queue: both or neither
             child = capture.fork(lambda: self._in_child(current, examine, every, expected))

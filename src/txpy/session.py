@@ -143,15 +143,18 @@ class Session:
         started = time.perf_counter()
         cand = None if candidates is None else \
             set(candidates) | self.escaped | usermodules.aliased(self.namespace)
-        if background and self._background.start(cand, expected, kind=kind, message=message,
-                                                  code=code, duration=duration, started=started):
+        scanned = background and self._background.start(
+            cand, expected, kind=kind, message=message, code=code, duration=duration,
+            started=started)
+        if scanned is True:
             return ""
         if self._background.pending:
             self._background.drain(failures="forget")  # what in-process capture builds on
         try:
-            current = self._tracked()
-            c = self._capture(current, self._known.to_examine(current, cand, self._tree),
-                              cand, expected)
+            current, examine = scanned if isinstance(scanned, tuple) else (self._tracked(), None)
+            if examine is None:
+                examine = self._known.to_examine(current, cand, self._tree)
+            c = self._capture(current, examine, cand, expected)
         except BaseException:
             self._writer.discard()
             raise
