@@ -11,8 +11,9 @@ import pytest
 import txpy
 from txpy.transaction import Transactions
 
-HELPERS = "cache = []\ncounter = 0\n\n\ndef bump():\n    global counter\n    counter += 1\n" \
-          "    cache.append(counter)\n"
+HELPERS = "import threading\ncache = []\ncounter = 0\nlock = threading.Lock()\n" \
+          "numbers = (i for i in range(3))\nbox = {'gen': numbers, 'n': 1}\n\n\n" \
+          "def bump():\n    global counter\n    counter += 1\n    cache.append(counter)\n"
 
 
 @pytest.fixture
@@ -52,7 +53,9 @@ def test_a_module_global_bound_to_a_name_stays_one_object(helpers, tmp_path):
         txpy.Session({str(store)!r}, "t", ns).restore()
         import helpers
         print(ns["cache"], ns["cache"] is helpers.cache, helpers.counter)
+        print(type(helpers.lock).__name__, next(helpers.numbers),
+              helpers.box["gen"] is helpers.numbers)
         helpers.bump()
         print(ns["cache"])
     """)], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=True).stdout
-    assert out.split("\n")[:2] == ["[1, 2] True 2", "[1, 2, 3]"]
+    assert out.split("\n")[:3] == ["[1, 2] True 2", "lock 0 True", "[1, 2, 3]"]

@@ -147,8 +147,7 @@ class Examination:
             key = key_for(group, fp)
             for n in group:
                 components[n] = key
-        rng_key = key_for((RNG_NAME,), fingerprint(encode(globalstate.capture(current), None,
-                                                          collect_shared=False)))
+        rng_key = key_for((RNG_NAME,), fingerprint(globalstate.encoded(current)))
         earlier = self._tree or Tree({}, {})
         kinds = {n: describe(current[n]) if n in examine else earlier.kinds[n]
                  for n in current if n in examine or n in earlier.kinds}

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import usermodules
 from .compat import pandas_changed_options, pandas_set_options
+from .encode import Encoded, UnpicklableError, encode
 
 USER_MODULES = "user modules"
 
@@ -100,9 +101,24 @@ PROVIDERS = (
 )
 
 
-def capture(namespace: dict[str, Any] | None = None) -> dict[str, Any]:
+def encoded(namespace: dict[str, Any]) -> Encoded:
+    """capture(namespace), pickled: once, and again without the user modules' globals that
+    cannot be pickled only when one could not, or would come back as a placeholder or a new
+    lock (checking each one first doubled the cost)."""
+    try:
+        whole = encode(capture(namespace, checked=False), None, collect_shared=False)
+    except UnpicklableError:
+        pass
+    else:
+        if not whole.placeholders and not whole.notes:
+            return whole
+    return encode(capture(namespace), None, collect_shared=False)
+
+
+def capture(namespace: dict[str, Any] | None = None, *, checked: bool = True
+            ) -> dict[str, Any]:
     """The state of every provider whose module is imported, and of the user's modules the
-    namespace uses."""
+    namespace uses (checked: without their globals that cannot be pickled)."""
     state: dict[str, Any] = {}
     for p in PROVIDERS:
         module = sys.modules.get(p.module)  # not hasattr(numpy, ...): that imports it
@@ -110,7 +126,7 @@ def capture(namespace: dict[str, Any] | None = None) -> dict[str, Any]:
             value = p.capture(module)
             if value is not None:
                 state[p.name] = value
-    modules = usermodules.capture(namespace or {})
+    modules = usermodules.capture(namespace or {}, checked=checked)
     if modules:
         state[USER_MODULES] = modules
     return state

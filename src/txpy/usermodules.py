@@ -150,11 +150,11 @@ def _used_by(namespace: dict[str, Any]) -> set[str]:
     return used
 
 
-def capture(namespace: dict[str, Any]) -> dict[str, Any]:
+def capture(namespace: dict[str, Any], *, checked: bool = True) -> dict[str, Any]:
     """{module: {"source": digest, "values": {global: value}, "aliases": {global: name}}} of
     every user module the namespace uses (see _used_by and aliases; a project's other modules
-    cost nothing); a global that cannot be pickled is left out (it stays as the module's code
-    makes it)."""
+    cost nothing). checked: a global that cannot be pickled whole is left out (it stays as
+    the module's code makes it); else every global is in, for a caller that pickles it all."""
     state = {}
     shared = aliases(namespace)
     for name in user_modules(namespace, shared):
@@ -162,16 +162,21 @@ def capture(namespace: dict[str, Any]) -> dict[str, Any]:
         named = shared.get(name, {})
         values = {}
         for key, value in _data_globals(module).items():
-            if key in named:
-                continue
-            try:
-                encode(value, None, collect_shared=False)
-            except Exception:  # UnpicklableError, or a user __reduce__ that raised
+            if key in named or (checked and not _picklable(value)):
                 continue
             values[key] = value
         state[name] = {"source": _source_digest(module.__file__), "values": values,
                        "aliases": named}
     return state
+
+
+def _picklable(value: Any) -> bool:
+    """Whether value pickles whole: a placeholder for a part that cannot (a generator in a
+    dict) would replace what the module's own code made on restore."""
+    try:
+        return not encode(value, None, collect_shared=False).placeholders
+    except Exception:  # UnpicklableError, or a user __reduce__ that raised
+        return False
 
 
 def restore(state: dict[str, Any], namespace: dict[str, Any]) -> list[str]:
