@@ -73,3 +73,22 @@ def test_a_rollback_keeps_a_value_holding_a_generator_as_it_is_and_says_so(sessi
         raise ValueError
     assert ns["box"]["gen"] is ns["gen"] and ns["other"] == [1]
     assert any("kept as they are" in m and "box (generator)" in m for m in said), said
+
+
+def test_an_open_file_or_a_thread_alone_is_said_not_stored_not_stood_in_for(session, tmp_path):
+    """cloudpickle would store a file open for reading as a StringIO of its content and a
+    thread as a dead copy: a restore would differ silently. txpy says they are not stored."""
+    said = []
+    session.notify = said.append
+    (tmp_path / "data.txt").write_text("hello")
+    ns = session.namespace
+    ns["f"] = open(tmp_path / "data.txt")  # noqa: SIM115 - the open file is the value tested
+    ns["t"] = threading.Thread(target=lambda: None)
+    ns["ok"] = [1]
+    try:
+        session.commit()
+    finally:
+        ns["f"].close()
+    assert set(session.unstored) == {"f", "t"}
+    assert any("'f' is not stored (TextIOWrapper" in m for m in said), said
+    assert any("'t' is not stored (Thread" in m for m in said), said

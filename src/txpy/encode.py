@@ -173,7 +173,9 @@ class _StatePickler(cloudpickle.Pickler):
             self.notes.append("a lock is restored as a new, unlocked one")
             return _new_lock, (cls is _LOCKS[1],)
         what = _unstorable(obj)
-        if what is not None and not self._is_top(obj):
+        if what is not None:
+            if self._is_top(obj):  # not cloudpickle's stand-in (a read file as a StringIO)
+                raise pickle.PicklingError(f"cannot pickle {what!r} object")
             self.placeholders.append(what)
             return NotStored, (what,)
         if cls is _LRU_WRAPPER:
