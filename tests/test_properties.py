@@ -173,10 +173,13 @@ CELLS = [
     "t = (lst, d)",
     "lst.append({k})\nd.clear()\n1 / 0",  # fails half-way
     "x = -{k}\narr[:] = {k}\nraise ValueError('no')",  # fails after rebinding and writing
+    "lib.items.append({k})",  # a library object with pickling of its own, sharing lst
+    "lib.n = {k}\nlst.append({k})\n1 / 0",
+    "lib = {k}\nlst.append({k})\n1 / 0",  # rebinds the library object, mutates what it held
 ]
 
-SETUP = ("import numpy as np\nlst = [0]\nd = {'a': [1]}\nx = 0\narr = np.zeros(6)\n"
-         "view = arr[2:5]\nnested = {'inner': lst}\n"
+SETUP = ("import numpy as np, types\nlst = [0]\nd = {'a': [1]}\nx = 0\narr = np.zeros(6)\n"
+         "view = arr[2:5]\nnested = {'inner': lst}\nlib = types.SimpleNamespace(items=lst, n=0)\n"
          "def add(v):\n    lst.append(v)\n")
 
 
@@ -186,7 +189,7 @@ def _seen(ns):
 
     out = {}
     for k, v in ns.items():
-        if k.startswith("__") or callable(v) or k == "np":
+        if k.startswith("__") or callable(v) or k in ("np", "types"):
             continue
         out[k] = v.tolist() if isinstance(v, np.ndarray) else repr(v)
     ids = {k: id(v) for k, v in ns.items() if k in out}
@@ -194,6 +197,8 @@ def _seen(ns):
     if "view" in ns:
         out["(view of arr)"] = np.shares_memory(ns["view"], ns["arr"])
         out["(nested holds lst)"] = ns["nested"]["inner"] is ns["lst"]
+        lib = ns.get("lib")
+        out["(lib holds lst)"] = getattr(lib, "items", None) is ns["lst"]
     return out
 
 
