@@ -228,11 +228,13 @@ def test_a_cell_captured_in_the_background_survives_a_kernel_restart(tmp_path):
         assert ok(kc, "print(big[-1], marker)") == "last after restart\n"
 
 
+@pytest.mark.parametrize("durability", ["background", "sync"])
 def test_a_change_a_thread_makes_while_the_kernel_is_idle_is_swept_and_survives_kill_9(
-        tmp_path):
+        tmp_path, durability):
     """A thread appends to a list after its cell ended and no other cell runs: a sweep while
-    the kernel is idle commits it (and says so), so kill -9 + %txpy restore brings it back."""
-    with kernel(tmp_path, TXPY_IDLE_SWEEP="1") as (km, kc):
+    the kernel is idle commits it (forked, or in process for a small session), so kill -9 +
+    %txpy restore brings it back."""
+    with kernel(tmp_path, TXPY_IDLE_SWEEP="1", TXPY_DURABILITY=durability) as (km, kc):
         ok(kc, "%load_ext txpy")
         ok(kc, "import threading, time\nxs = [1]\nys = [0]\n"
                "def work():\n    time.sleep(0.5)\n    xs.extend([2, 3])\n"

@@ -146,8 +146,7 @@ class Background:
         process: False (fork missing or off, CUDA in use), or, for a capture cheaper than a
         fork, the namespace and the names to examine it worked out, for that capture."""
         s = self.session
-        if s.durability != "background" or self.off is not None or not capture.can_fork() \
-                or self._cuda_in_use():
+        if not self.forks():
             return False
         self.collect()
         flying = [c.cand for c in self._flight]
@@ -178,6 +177,19 @@ class Background:
             cap.future = s.writer_thread().submit(self._finish, cap)
         cap.foreground = time.perf_counter() - started
         return True
+
+    def forks(self) -> bool:
+        """Whether a capture now would be forked (background durability, fork available and
+        not turned off by a failure, no CUDA in use)."""
+        return self.session.durability == "background" and self.off is None and \
+            capture.can_fork() and not self._cuda_in_use()
+
+    def sweep_cost(self) -> float:
+        """Seconds a sweep would hold this process: a fork's, or examining every name here."""
+        if self.forks():
+            return 0.0
+        current = self.session._tracked()
+        return self._predicted_cost(current, set(current))
 
     def _predicted_cost(self, current: dict[str, Any], examine: set[str]) -> float:
         """Seconds encoding examine would take in process: guessed for small plain values,

@@ -300,6 +300,12 @@ class Session:
         """How many transactions forked children are still capturing: not yet durable."""
         return self._background.capturing()
 
+    def sweep_cost(self) -> float:
+        """Seconds a sweep (every name examined) would hold this process: nearly none where a
+        forked child captures it, else what examining each name took last time (inf for one
+        never examined)."""
+        return self._background.sweep_cost()
+
     def resume_background(self) -> None:
         """Capture in the background again after a failure turned it off."""
         self._background.off = None

@@ -3,8 +3,9 @@
 A thread or a library callback may change a variable after its cell ended, with no cell to
 commit it: a kill -9 then loses the change, and the periodic sweep (every tenth cell) only
 finds it at the next cells. So once a kernel has been idle for a while, txpy examines every
-name (a background capture: the kernel pays a fork), commits what changed and examines
-those names at every commit from then on. The wait doubles while the kernel stays idle, so a
+name (a background capture: the kernel pays a fork; in process only when that is predicted
+to take under IN_PROCESS_MOST), commits what changed and examines those names at every
+commit from then on. The wait doubles while the kernel stays idle, so a
 kernel left overnight sweeps a dozen times, not thousands.
 
 Scheduled on the kernel's own event loop, so a sweep runs on the main thread between
@@ -21,6 +22,9 @@ from typing import Any
 FIRST = float(os.environ.get("TXPY_IDLE_SWEEP", "5"))
 #: the longest wait between two sweeps while the kernel stays idle
 LONGEST = 600.0
+#: seconds an idle sweep may hold the kernel where it is not forked (sync or async
+#: durability, CUDA in use): a cell started meanwhile would wait for it
+IN_PROCESS_MOST = 0.05
 
 
 class IdleSweeps:

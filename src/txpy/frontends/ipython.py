@@ -27,7 +27,7 @@ from ..model import Commit
 from ..repo import store_for
 from ..session import Session, is_dunder
 from ..transaction import Transaction, Transactions
-from .idle import IdleSweeps
+from .idle import IN_PROCESS_MOST, IdleSweeps
 from .ipython_calls import shell_calls
 from .ipython_magics import TxpyMagics, notify
 
@@ -234,8 +234,10 @@ class Extension:
 
     def idle_sweep(self) -> None:
         """Examine every name while the kernel is idle (see frontends.idle): never inside a
-        cell, nor in a fresh kernel that has committed nothing yet."""
-        if self._running or not self.enabled or self.txns is None or self._fresh is not None:
+        cell, nor in a fresh kernel that has committed nothing yet, nor where examining
+        in process would keep the next cell waiting (see idle.IN_PROCESS_MOST)."""
+        if self._running or not self.enabled or self.txns is None or self._fresh is not None \
+                or self.txns.session.sweep_cost() > IN_PROCESS_MOST:
             return
         try:
             self.txns.sweep()
