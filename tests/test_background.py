@@ -130,6 +130,21 @@ def test_rollback_after_background_commits_is_exact(store):
     s.close()
 
 
+def test_the_random_state_a_forked_child_captures_is_the_sessions(store):
+    """Python's random reseeds itself in a forked child: the child must capture the state
+    the session had, or a rollback and a restore continue another stream."""
+    ns = {"__name__": "__main__"}
+    s, txns = open_session(store, ns)
+    run(txns, "import random\nrandom.seed(1)\nfirst = random.random()")
+    s.wait()
+    expected = random.random()
+    random.seed(1)
+    random.random()
+    assert run(txns, "random.random()\n1 / 0") is None
+    assert random.random() == expected
+    s.close()
+
+
 def test_a_failing_transaction_that_checked_out_goes_back_to_the_state_before_it(store):
     """The transaction began while the previous cell was still being captured: the commit it
     must go back to was not known when it began."""

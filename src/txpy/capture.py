@@ -10,6 +10,10 @@ have held at the fork: no SQLite connection, no zmq, no inherited stdio (a noteb
 is a zmq stream). It waits for a go from its parent (children run one at a time), reports one
 pickled value through a pipe and leaves with ``os._exit``: no finalizer, atexit hook or
 buffered output of the parent runs twice.
+
+What at-fork hooks change in the child is put back: Python's ``random`` reseeds itself in
+every forked child, and the child would otherwise capture a random state the session never
+had.
 """
 
 from __future__ import annotations
@@ -131,10 +135,14 @@ def fork(work: Callable[[], Any]) -> Child:
     must pickle); the parent returns at once."""
     go_r, go_w = os.pipe()
     result_r, result_w = os.pipe()
+    rng = sys.modules.get("random")
+    rng_state = rng.getstate() if rng is not None else None
     with warnings.catch_warnings():  # 3.12+ warns of forking with threads; user filters may
         warnings.simplefilter("ignore")  # make a warning an error
         pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which leaves with os._exit
+        if rng is not None:
+            rng.setstate(rng_state)  # reseeded by its at-fork hook
         _run_child(work, go_r, result_w, {go_w, result_r, *_parent_fds})
     _close(go_r)
     _close(result_w)
