@@ -108,3 +108,26 @@ def test_a_rolled_back_component_never_comes_back_split(session, cell):
     session.commit()
     _fail(session, cell)
     assert ns["h"].arr is ns["a"] and ns["lib"].arr is ns["a"] and not ns["a"].any()
+
+
+def test_closures_keep_their_shared_cell_with_its_committed_content(session):
+    ns = session.namespace
+    run(ns, """
+        def make():
+            n = 0
+            def inc():
+                nonlocal n
+                n += 1
+                return n
+            def get():
+                return n
+            return inc, get
+        inc, get = make()
+        inc()
+    """)
+    session.commit()
+    inc, get = ns["inc"], ns["get"]
+    held = [inc]  # a library holding the callback
+    _fail(session, "inc()\ninc()")
+    assert ns["inc"] is inc is held[0] and ns["get"] is get
+    assert get() == 1 and inc() == 2 and get() == 2

@@ -5,10 +5,11 @@ the live object: a closure, a library's registry, a dict keyed by ``id(x)``, a v
 array. So where a failed transaction only mutated an object (its name still binds the same
 object), the decoded value is used as a source: its content is copied into the live object,
 recursively into the objects the live one holds, where their types allow — builtin
-containers, numpy arrays, torch tensors, instances of the session's own classes and of
-library classes that pickle as their ``__dict__`` (no ``__reduce__``/``__getstate__``/
-``__setstate__`` of their own). Anything else (a library object with its own pickling, a
-changed type or shape) is replaced by the decoded value.
+containers, numpy arrays, torch tensors, functions (their closure cells), instances of the
+session's own classes and of library classes that pickle as their ``__dict__`` (no
+``__reduce__``/``__getstate__``/``__setstate__`` of their own). Anything else (a library
+object with its own pickling, a changed type, shape or code) is replaced by the decoded
+value.
 
 A replaced object holds decoded objects: if one of those had its content written into a live
 object instead, the component would come back split (a library object and a notebook
@@ -32,10 +33,15 @@ _OPAQUE = (type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)
 WALK_LIMIT = 1_000_000
 
 
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python, not in C
+
+
 def _default_pickled(cls: type) -> bool:
     """Whether pickle stores an instance of cls as its class and ``__dict__`` (and slots)
-    only: then writing the decoded ``__dict__`` into the live one is what unpickling does."""
-    return (cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+    only: then writing the decoded ``__dict__`` into the live one is what unpickling does.
+    Only classes defined in Python: a C type's instances (a function) hold more."""
+    return (cls.__flags__ & _HEAP_TYPE and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__
             and getattr(cls, "__getstate__", None) is object.__getstate__
             and not hasattr(cls, "__setstate__") and cls not in copyreg.dispatch_table)
 
@@ -116,6 +122,8 @@ class Merger:
         if kind is bytearray:
             live[:] = saved
             return live
+        if kind is types.FunctionType:
+            return self._merge_function(live, saved)
         if kind is tuple:  # immutable: its items may have been mutated, not itself
             if len(live) != len(saved):
                 return saved
@@ -148,6 +156,30 @@ class Merger:
                   for k, v in saved_state.items()}
         state.clear()
         state.update(merged)
+        return live
+
+    def _merge_function(self, live: types.FunctionType, saved: types.FunctionType) -> Any:
+        """A function with the same code keeps its closure cells, with their committed
+        content (closures that share a cell, and whoever holds the function, see it)."""
+        cells, saved_cells = live.__closure__ or (), saved.__closure__ or ()
+        if live.__code__ != saved.__code__ or len(cells) != len(saved_cells):
+            return saved
+        for cell, saved_cell in zip(cells, saved_cells, strict=True):
+            try:
+                value = saved_cell.cell_contents
+            except ValueError:  # an empty cell (a name not bound yet)
+                continue
+            try:
+                current = cell.cell_contents
+            except ValueError:
+                current = None
+            cell.cell_contents = self.merge(current, value)
+        live.__defaults__ = self.merge(live.__defaults__, saved.__defaults__)
+        live.__kwdefaults__ = self.merge(live.__kwdefaults__, saved.__kwdefaults__)
+        merged = {k: self.merge(live.__dict__[k], v) if k in live.__dict__ else v
+                  for k, v in saved.__dict__.items()}
+        live.__dict__.clear()
+        live.__dict__.update(merged)
         return live
 
     def _merge_slots(self, live: Any, saved: Any) -> None:
