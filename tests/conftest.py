@@ -39,6 +39,22 @@ def session(store):
     s.close()
 
 
+#: a notebook's two closures sharing a cell (a nonlocal counter and its reader), bumped once
+SHARED_CELL = """
+def make():
+    count = 0
+    def bump():
+        nonlocal count
+        count += 1
+        return count
+    def peek():
+        return count
+    return bump, peek
+bump, peek = make()
+bump()
+"""
+
+
 def run(ns: dict, code: str) -> None:
     """Execute a 'cell' in the namespace, as a notebook would."""
     exec(compile(textwrap.dedent(code), "<cell>", "exec"), ns)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 import txpy
-from conftest import run
+from conftest import SHARED_CELL, run
 
 
 def _in_new_process(store, code):
@@ -39,19 +39,7 @@ def test_a_class_with_slots_comes_back_with_slots(session, store):
 
 
 def test_closures_that_share_a_cell_still_share_it(session, store):
-    run(session.namespace, """
-        def make():
-            count = 0
-            def bump():
-                nonlocal count
-                count += 1
-                return count
-            def peek():
-                return count
-            return bump, peek
-        bump, peek = make()
-        bump()
-    """)
+    run(session.namespace, SHARED_CELL)
     session.commit()
     tree = session.repo.tree(session.head)
     assert tree.components["bump"] == tree.components["peek"]

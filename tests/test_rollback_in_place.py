@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run
+from conftest import SHARED_CELL, run
 
 
 def _fail(session, source):
@@ -112,22 +112,10 @@ def test_a_rolled_back_component_never_comes_back_split(session, cell):
 
 def test_closures_keep_their_shared_cell_with_its_committed_content(session):
     ns = session.namespace
-    run(ns, """
-        def make():
-            n = 0
-            def inc():
-                nonlocal n
-                n += 1
-                return n
-            def get():
-                return n
-            return inc, get
-        inc, get = make()
-        inc()
-    """)
+    run(ns, SHARED_CELL)
     session.commit()
-    inc, get = ns["inc"], ns["get"]
-    held = [inc]  # a library holding the callback
-    _fail(session, "inc()\ninc()")
-    assert ns["inc"] is inc is held[0] and ns["get"] is get
-    assert get() == 1 and inc() == 2 and get() == 2
+    bump, peek = ns["bump"], ns["peek"]
+    held = [bump]  # a library holding the callback
+    _fail(session, "bump()\nbump()")
+    assert ns["bump"] is bump is held[0] and ns["peek"] is peek
+    assert peek() == 1 and bump() == 2 and peek() == 2
