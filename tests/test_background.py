@@ -145,6 +145,37 @@ def test_the_random_state_a_forked_child_captures_is_the_sessions(store):
     s.close()
 
 
+def test_a_class_caching_its_slot_names_in_one_process_pickles_the_same_in_the_other(store):
+    """Pickling an instance caches __slotnames__ on its class: the child cached it in its own
+    memory only, so the class would look changed the next time the kernel pickled it."""
+    ns = {"__name__": "__main__"}
+    s, txns = open_session(store, ns, verify=True)
+    run(txns, "class Point:\n    __slots__ = ('x', 'y')\n    def __init__(self, x, y):\n"
+              "        self.x, self.y = x, y\np = Point(1, 2)")
+    s.wait()
+    assert run(txns, "p.x = 10\n1 / 0") is None
+    assert ns["p"].x == 1 and isinstance(ns["p"], ns["Point"])
+    run(txns, "q = 1")
+    s.wait()
+    assert not txns.errors, txns.errors
+    s.close()
+
+
+def test_a_rollback_keeps_the_classes_a_forked_child_pickled(store):
+    """cloudpickle tracks a class by an id it makes when it first pickles it: made in the
+    child, the kernel would not know it, and a rollback would replace the notebook's class
+    and its instances with new ones."""
+    ns = {"__name__": "__main__"}
+    s, txns = open_session(store, ns)
+    run(txns, "class Feed:\n    def __init__(self):\n        self.items = []\nfeed = Feed()")
+    s.wait()
+    Feed, feed = ns["Feed"], ns["feed"]
+    assert run(txns, "feed.items.append(1)\nFeed.extra = 1\n1 / 0") is None
+    assert ns["Feed"] is Feed and ns["feed"] is feed and feed.items == []
+    assert not hasattr(Feed, "extra")
+    s.close()
+
+
 def test_a_failing_transaction_that_checked_out_goes_back_to_the_state_before_it(store):
     """The transaction began while the previous cell was still being captured: the commit it
     must go back to was not known when it began."""

@@ -119,3 +119,19 @@ def test_closures_keep_their_shared_cell_with_its_committed_content(session):
     _fail(session, "bump()\nbump()")
     assert ns["bump"] is bump is held[0] and ns["peek"] is peek
     assert peek() == 1 and bump() == 2 and peek() == 2
+
+
+def test_a_notebook_class_keeps_its_identity_and_loses_what_a_failed_cell_added(session):
+    ns = session.namespace
+    run(ns, """
+        class Feed:
+            kind = "rss"
+            def __init__(self):
+                self.items = []
+        feed = Feed()
+    """)
+    session.commit()
+    Feed, feed = ns["Feed"], ns["feed"]
+    _fail(session, "Feed.extra = 1\nFeed.kind = 'atom'\nfeed.items.append(1)")
+    assert ns["Feed"] is Feed and ns["feed"] is feed and type(feed) is Feed
+    assert not hasattr(Feed, "extra") and Feed.kind == "rss" and feed.items == []

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import capture, env, interrupts, usermodules
+from .compat import cloudpickle_track_classes
 from .errors import CommitFailedError
 from .model import Commit, Tree
 
@@ -158,6 +159,7 @@ class Background:
         if not self._flight and self._predicted_cost(current, examine) < FORK_COST:
             return current, examine  # nothing in flight: every is cand
         usermodules.user_modules(current)  # worked out once here, not in every child
+        cloudpickle_track_classes((current[n] for n in examine), s.namespace.get("__name__"))
         with interrupts.held():  # the child and its record in the queue: both or neither
             child = capture.fork(lambda: self._in_child(current, examine, every, expected))
             cap = _Capture(child, every, current, kind, message, [code or ""], duration)

@@ -21,7 +21,7 @@ import itertools
 import platform
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,6 +77,8 @@ cloudpickle_function_setstate = private(_cp, "_function_setstate", "cloudpickle"
 #: cloudpickle's reduction of a class pickled by value, called to rebuild it; a pickle names it.
 cloudpickle_make_skeleton_class = private(
     _cp, "_make_skeleton_class", "cloudpickle", _CLOUDPICKLE)
+#: sets a skeleton class's attributes from its pickled state ``(clsdict, slotstate)``
+cloudpickle_class_setstate = private(_cp, "_class_setstate", "cloudpickle", _CLOUDPICKLE)
 _extract_code_globals = private(_cp, "_extract_code_globals", "cloudpickle", _CLOUDPICKLE)
 _get_cell_contents = private(_cp, "_get_cell_contents", "cloudpickle", _CLOUDPICKLE)
 _find_imported_submodules = private(
@@ -124,6 +126,33 @@ def fresh_classes() -> Iterator[None]:
         with _CLASS_TRACKER_LOCK:
             _CLASS_TRACKER.clear()
             _CLASS_TRACKER.update(saved)
+
+
+_tracker_id = private(_cp, "_get_or_create_tracker_id", "cloudpickle", _CLOUDPICKLE)
+
+
+def cloudpickle_track_classes(values: Iterable[Any], module: str | None) -> None:
+    """Give the classes module defines among values and their instances' classes (with their
+    bases) cloudpickle's tracker ids in this process, before a forked child pickles them.
+    An id the child makes stays in the child, and this process would then unpickle its own
+    classes as new ones: a rollback would replace a notebook's classes and its instances."""
+    if module is None:
+        return
+    for value in values:
+        kinds = (value, type(value)) if isinstance(value, type) else (type(value),)
+        for kind in kinds:
+            if getattr(kind, "__module__", None) == module:
+                for cls in kind.__mro__:
+                    if getattr(cls, "__module__", None) == module:
+                        _tracker_id(cls)
+
+
+def cloudpickle_with_state_setter(reduced: Any, setter: Any) -> Any:
+    """A skeleton-class reduction whose state is set by setter(cls, state) rather than by
+    cloudpickle's own ``_class_setstate`` (the last item of cloudpickle 3.x's reduction)."""
+    if len(reduced) != 6 or reduced[5] is not cloudpickle_class_setstate:
+        return reduced
+    return (*reduced[:5], setter)
 
 
 def cloudpickle_with_slots(reduced: Any, slots: Any) -> Any:

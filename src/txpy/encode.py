@@ -33,12 +33,14 @@ import xxhash
 
 from . import graph
 from .compat import (
+    cloudpickle_class_setstate,
     cloudpickle_function_newargs,
     cloudpickle_function_setstate,
     cloudpickle_function_state,
     cloudpickle_make_skeleton_class,
     cloudpickle_skeleton_bases,
     cloudpickle_with_slots,
+    cloudpickle_with_state_setter,
     copyreg_newobj,
     copyreg_slotnames,
     matplotlib_callbacks_reduce,
@@ -199,6 +201,7 @@ class _StatePickler(cloudpickle.Pickler):
         bases = cloudpickle_skeleton_bases(reduced)
         if bases is None:
             return reduced
+        reduced = cloudpickle_with_state_setter(reduced, _set_class_state)
         slots = type.__getattribute__(cls, "__dict__").get("__slots__")
         if slots is not None:
             reduced = cloudpickle_with_slots(reduced, slots)
@@ -333,6 +336,26 @@ def _reduce_by_value(obj: Any) -> Any:
     getnewargs = getattr(cls, "__getnewargs__", None)
     args = getnewargs(obj) if getnewargs is not None else ()
     return copyreg_newobj, (cls, *args), obj.__getstate__()
+
+
+#: what a class's __dict__ holds besides its stored state: made by Python, or caches
+_CLASS_OWN = frozenset({"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__",
+                        "__slotnames__", "_abc_impl", "__annotations__", "__firstlineno__",
+                        "__static_attributes__"})
+
+
+def _set_class_state(cls: type, state: tuple[dict[str, Any], Any]) -> None:
+    """cloudpickle's class state setter, then the attributes the stored class lacked go.
+
+    A class unpickled in the process that defined it is that live class (cloudpickle's
+    tracker); its stored attributes are set again, but one a failed transaction added
+    (``Feed.x = 1``) would outlive the rollback."""
+    cloudpickle_class_setstate(cls, state)
+    stored = state[0]
+    for name, value in list(vars(cls).items()):
+        if name not in stored and name not in _CLASS_OWN and \
+                not isinstance(value, types.MemberDescriptorType):  # a slot
+            type.__delattr__(cls, name)
 
 
 def _namespace_hooked(bases: tuple[type, ...], namespace: Mapping[str, Any] | None
