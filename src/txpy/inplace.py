@@ -9,7 +9,8 @@ containers, numpy arrays, torch tensors, functions (their closure cells), instan
 session's own classes and of library classes that pickle as their ``__dict__`` (no
 ``__reduce__``/``__getstate__``/``__setstate__`` of their own). Anything else (a library
 object with its own pickling, a changed type, shape or code) is replaced by the decoded
-value.
+value. What txpy cannot store (a NotStored placeholder in the decoded value: a generator)
+stays as the live object holds it.
 
 A replaced object holds decoded objects: if one of those had its content written into a live
 object instead, the component would come back split (a library object and a notebook
@@ -24,6 +25,8 @@ import gc
 import sys
 import types
 from typing import Any
+
+from .encode import NotStored
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 #: objects a replaced value's walk does not enter: they hold no decoded objects of its own
@@ -62,6 +65,8 @@ class Merger:
         else saved."""
         if live is saved or isinstance(saved, _SCALARS):
             return saved
+        if type(saved) is NotStored and live is not None:
+            return live  # what txpy cannot store (a generator) stays as it is
         if type(live) is not type(saved):
             self._replaced.append(saved)
             return saved

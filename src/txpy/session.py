@@ -365,12 +365,18 @@ class Session:
                     same = False
                 if not same:
                     changed.add(n)
-        # values holding what txpy cannot store (a generator) would come back without it
-        keep = {n for n in changed & current.keys() if n in tree.partial}
+        # values holding what txpy cannot store (a generator) are rolled back in place, that
+        # part kept as it is; one rebound since would come back without it: kept whole
+        partial = {n for n in changed & current.keys() if n in tree.partial}
+        keep = {n for n in partial if self._known.get(n) is None
+                or self._known[n].obj_id != id(current[n])}
         if keep:
             self.notify("kept as they are (they hold what txpy cannot store, so they cannot be "
                         "rolled back): " + ", ".join(f"{n} ({tree.partial[n]})"
                                                      for n in sorted(keep)))
+        if partial - keep:
+            self.notify("rolled back except what txpy cannot store, kept as it is: "
+                        + ", ".join(f"{n} ({tree.partial[n]})" for n in sorted(partial - keep)))
         failed = self._apply(tree, changed - keep, current, keep, in_place=True)
         self._restore_rng(tree)
         return sorted(changed - failed - keep)
