@@ -1,6 +1,8 @@
 """The transaction layer every frontend uses: what a commit records of its transaction (read
 and write sets, what each variable is), the one sweep policy, and failed commits retried."""
 
+import json
+import logging
 import textwrap
 import warnings
 
@@ -112,24 +114,68 @@ def test_after_a_rollback_that_failed_the_next_commit_examines_every_name(sessio
 
 def test_a_name_a_library_changes_behind_the_cells_joins_the_escape_set(session, monkeypatch):
     monkeypatch.setattr(transaction, "SWEEP_EVERY", 3)
-    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back afterwards
-    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    monkeypatch.delattr(json, "keeper", raising=False)  # gone afterwards
     txns = Transactions(session, "cell")
     said = []
     session.notify = said.append
     _run(txns, textwrap.dedent("""
-        import warnings
+        import json
         seen = []
-        def show(message, *args, **kwargs):
-            seen.append(str(message))
-        warnings.showwarning = show  # the warnings module now holds a notebook function
-        warnings.simplefilter("always")
+        def show(message):
+            seen.append(message)
+        json.keeper = show  # a library module keeps a notebook function where txpy never looks
     """))
     session.verify = False  # the miss this test is about, until the sweep finds it
-    _run(txns, "warnings.warn('one')")  # names warnings, not seen: missed...
-    _run(txns, "warnings.warn('two')")  # ...until this commit, a sweep, finds it
+    _run(txns, "json.keeper('one')")  # names json, not seen: missed...
+    _run(txns, "json.keeper('two')")  # ...until this commit, a sweep, finds it
     assert session.escaped == {"seen"}
     assert any("'seen' changed outside the cells" in m for m in said), said
     session.verify = True
-    _run(txns, "warnings.warn('three')")  # from now on examined at every commit
+    _run(txns, "json.keeper('three')")  # from now on examined at every commit
     assert txpy.load(session.repo.path, session.name)["seen"] == ["one", "two", "three"]
+
+
+def test_notebook_code_a_library_keeps_is_followed_at_every_commit_and_rollback(session,
+                                                                                 monkeypatch):
+    """A logging handler and filter, warnings.showwarning: the cells name only the library,
+    yet what the notebook code it keeps changes is committed and rolled back (verify on)."""
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back afterwards
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    txns = Transactions(session, "cell")
+    _run(txns, textwrap.dedent("""
+        import functools, logging, warnings
+        records, seen, shown = [], [], []
+        class ListHandler(logging.Handler):
+            def __init__(self, target):
+                super().__init__()
+                self.target = target
+            def emit(self, record):
+                self.target.append(record.getMessage())
+        def note(target, record):
+            target.append(record.name)
+            return True
+        def show(message, *args, **kwargs):
+            shown.append(str(message))
+        logger = logging.getLogger("txpy.test.held")
+        logger.addHandler(ListHandler(records))
+        logger.addFilter(functools.partial(note, seen))
+        logger.propagate = False
+        warnings.showwarning = show
+        warnings.simplefilter("always")
+    """))
+    try:
+        _run(txns, "logging.getLogger('txpy.test.held').warning('kept')\nwarnings.warn('w')")
+        assert set(session.head.writes) == {"records", "seen", "shown"}
+        ns = session.namespace
+        records = ns["records"]
+        failing = "logging.getLogger('txpy.test.held').warning('lost')\n1/0"
+        txn = txns.begin(compile(failing, "<cell>", "exec"), failing)
+        with pytest.raises(ZeroDivisionError):
+            exec(failing, ns)
+        txns.rollback(txn, ZeroDivisionError())
+        assert ns["records"] is records and records == ["kept"] and ns["seen"] == ["txpy.test.held"]
+        assert txpy.load(session.repo.path, session.name)["shown"] == ["w"]
+    finally:
+        logger = logging.getLogger("txpy.test.held")
+        logger.handlers.clear()
+        logger.filters.clear()

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
-from . import capture, env, interrupts, usermodules
+from . import capture, env, escapes, interrupts, usermodules
 from .background import Background, Published
 from .components import (
     ComponentWriter,
@@ -141,8 +141,7 @@ class Session:
         HEAD, known digests and sharing index all describe it, or none of them changed.
         """
         started = time.perf_counter()
-        cand = None if candidates is None else \
-            set(candidates) | self.escaped | usermodules.aliased(self.namespace)
+        cand = self._with_always_examined(candidates)
         scanned = background and self._background.start(
             cand, expected, kind=kind, message=message, code=code, duration=duration,
             started=started)
@@ -206,6 +205,18 @@ class Session:
         if self.verify and cand is not None:
             self._verify_against(tree)
         return commit.id
+
+    def _with_always_examined(self, candidates: Iterable[str] | None) -> set[str] | None:
+        """candidates, and the names examined at every commit and rollback whatever the
+        transaction named: those a sweep found changed from outside (escaped), those bound
+        to a user module's globals, and those the notebook code libraries hold (a logging
+        handler) could touch; None: every name."""
+        if candidates is None:
+            return None
+        held = escapes.held_names(self.namespace)
+        if held is None:
+            return None
+        return set(candidates) | self.escaped | usermodules.aliased(self.namespace) | held
 
     def _capture(self, current: dict[str, Any], examine: set[str], cand: set[str] | None,
                  expected: Iterable[str] | None) -> Captured:
@@ -350,7 +361,7 @@ class Session:
         self.wait()
         if self._head is None or self._tree is None:
             raise RestoreError("nothing to roll back to: this history has no commit yet")
-        cand = None if candidates is None else set(candidates)
+        cand = self._with_always_examined(candidates)
         current = self._tracked()
         tree = self._tree
         changed = set(tree.names - current.keys())

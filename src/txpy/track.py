@@ -94,6 +94,18 @@ def candidates(code: types.CodeType, namespace: dict[str, Any], hook: Hook | Non
         return None
 
 
+def reachable_names(roots: list[Any], namespace: dict[str, Any]) -> set[str] | None:
+    """Names of ``namespace`` that code held by roots (objects kept outside it: a library's
+    callbacks) could read, write or mutate in place: what that code mentions, transitively,
+    and the names bound to objects the roots hold; None means "anything"."""
+    try:
+        return _Walker(namespace, None).from_roots(roots)
+    except Dynamic:
+        return None
+    except Exception:  # user code the walk ran raised
+        return None
+
+
 @functools.lru_cache(maxsize=8192)
 def code_names(code: types.CodeType, hook: Hook | None = None) -> CodeNames:
     """co_names of code and of every code object nested in it (and what hook finds in them),
@@ -138,22 +150,36 @@ class _Walker:
 
     def run(self, code: types.CodeType) -> set[str]:
         self._add_code(code)
+        self._follow()
+        return self.found
+
+    def from_roots(self, roots: list[Any]) -> set[str]:
+        for root in roots:
+            self._walk_within_budget(root)
+        self._add_names([n for n, v in self.ns.items() if id(v) in self.seen])
+        self._follow()
+        return self.found
+
+    def _follow(self) -> None:
+        """Walk the values of the names found, until no new name is."""
         while self.pending:
             name = self.pending.pop()
             value = self.ns[name]
             if value is sys.modules or getattr(value, "__dict__", None) is self.ns:
                 raise Dynamic  # a handle on the namespace itself
-            try:
-                self._walk(value)
-            except _OverBudget:
-                # too big to walk: every name any notebook code mentions is closed under
-                # "the code it can run", so nothing more needs following
-                self._add_names(_all_user_code_names(self.ns, self.hook))
-                self.found.update(n for n, v in self.ns.items()
-                                  if self._is_user_function(v) or (isinstance(v, type)
-                                                                   and self._is_user_class(v)))
-                self.pending.clear()
-        return self.found
+            self._walk_within_budget(value)
+
+    def _walk_within_budget(self, value: Any) -> None:
+        try:
+            self._walk(value)
+        except _OverBudget:
+            # too big to walk: every name any notebook code mentions is closed under
+            # "the code it can run", so nothing more needs following
+            self._add_names(_all_user_code_names(self.ns, self.hook))
+            self.found.update(n for n, v in self.ns.items()
+                              if self._is_user_function(v) or (isinstance(v, type)
+                                                               and self._is_user_class(v)))
+            self.pending.clear()
 
     def _add_code(self, code: types.CodeType) -> None:
         cn = code_names(code, self.hook)
