@@ -281,23 +281,14 @@ def _bug(reason):
 
 
 CASES = [pytest.param(p, id=p.id, marks=marks) for p, marks in [
-    (UNNAMED, _bug(
-        "rollback leaves `records` appended to by a logging.Handler the failed cell reached "
-        "through logging.getLogger('nb'), and rebuilds `mapped` so that its append targets a "
-        "copy of `sink`, not `sink`")),
+    (UNNAMED, ()),
     (SHARED_MEMORY, _bug(
         "restore: t = torch.from_numpy(arr) no longer shares arr's memory, and base and its "
         "views come back as views of a hidden array (view.base is not base)")),
-    (UNSTORABLE, _bug(
-        "rollback keeps names that hold a generator as the failed cell left them "
-        "(holder['items'], feed.items), and rebinds class Feed to a new class while feed is "
-        "kept: isinstance(feed, Feed) is False, also after restore")),
+    (UNSTORABLE, ()),
     (GLOBAL_STATE, ()),
     (USER_MODULES, ()),
-    (IDENTITY, _bug(
-        "rollback leaves the closure cell inc/get share and the list a functools.partial "
-        "logging filter appended to as the failed cell left them, and replaces `node`, which "
-        "a WeakValueDictionary held by the logging library then loses")),
+    (IDENTITY, ()),
     (VALUES, ()),
     (SETTINGS, ()),
 ]]

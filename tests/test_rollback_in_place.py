@@ -135,3 +135,33 @@ def test_a_notebook_class_keeps_its_identity_and_loses_what_a_failed_cell_added(
     _fail(session, "Feed.extra = 1\nFeed.kind = 'atom'\nfeed.items.append(1)")
     assert ns["Feed"] is Feed and ns["feed"] is feed and type(feed) is Feed
     assert not hasattr(Feed, "extra") and Feed.kind == "rss" and feed.items == []
+
+
+def test_a_partial_a_library_holds_keeps_its_identity_and_its_list(session):
+    ns = session.namespace
+    run(ns, """
+        import functools
+        seen = []
+        def note(target, value):
+            target.append(value)
+        flt = functools.partial(note, seen)
+    """)
+    session.commit()
+    flt, seen = ns["flt"], ns["seen"]
+    held = [flt]  # as logging keeps a filter
+    _fail(session, "held_call = flt(1)")
+    assert ns["flt"] is flt is held[0] and ns["seen"] is seen and seen == []
+    held[0](2)
+    assert ns["seen"] == [2]
+
+
+def test_a_lazy_map_over_a_lists_append_still_feeds_that_list_after_a_rollback(session):
+    """A map object cannot be reset in place: it and the list it feeds come back together
+    as their committed copies, never a fresh map feeding the old list."""
+    ns = session.namespace
+    run(ns, "sink = []\nmapped = map(sink.append, range(3))")
+    session.commit()
+    _fail(session, "list(mapped)")
+    assert ns["sink"] == []
+    list(ns["mapped"])
+    assert ns["sink"] == [0, 1, 2]

@@ -21,6 +21,7 @@ object no longer sharing the array they shared). A merge checks for that
 from __future__ import annotations
 
 import copyreg
+import functools
 import gc
 import sys
 import types
@@ -30,8 +31,9 @@ from .encode import NotStored
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 #: objects a replaced value's walk does not enter: they hold no decoded objects of its own
-#: (a function's globals are the namespace; its closure and defaults are walked)
-_OPAQUE = (type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)
+#: (a function's globals are the namespace: its closure and defaults are walked; a builtin
+#: method's __self__ is walked, a builtin function's is a module)
+_OPAQUE = (type, types.ModuleType, types.CodeType)
 #: a walk that meets more objects than this gives up and says "not consistent" (safe)
 WALK_LIMIT = 1_000_000
 
@@ -129,6 +131,14 @@ class Merger:
             return live
         if kind is types.FunctionType:
             return self._merge_function(live, saved)
+        if kind is functools.partial:
+            return self._merge_partial(live, saved)
+        if kind in (types.MethodType, types.BuiltinMethodType):
+            # a bound method cannot change: it stays if its object and function do
+            func = getattr(live, "__func__", None)
+            same = self.merge(live.__self__, saved.__self__) is live.__self__ and (
+                func is None or self.merge(func, saved.__func__) is func)
+            return live if same else saved
         if kind is tuple:  # immutable: its items may have been mutated, not itself
             if len(live) != len(saved):
                 return saved
@@ -185,6 +195,16 @@ class Merger:
                   for k, v in saved.__dict__.items()}
         live.__dict__.clear()
         live.__dict__.update(merged)
+        return live
+
+    def _merge_partial(self, live: functools.partial, saved: functools.partial) -> Any:
+        """A partial keeps its identity (a library holds it as a callback): its function,
+        arguments and keywords are merged, and set back only where one was replaced."""
+        old = (live.func, live.args, live.keywords, live.__dict__)
+        new = tuple(self.merge(a, b) for a, b in zip(
+            old, (saved.func, saved.args, saved.keywords, saved.__dict__), strict=True))
+        if any(a is not b for a, b in zip(new, old, strict=True)):
+            live.__setstate__(new)
         return live
 
     def _merge_slots(self, live: Any, saved: Any) -> None:
