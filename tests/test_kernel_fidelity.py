@@ -274,24 +274,8 @@ SETTINGS = Pattern(
 )
 
 
-
-def _bug(reason):
-    """A txpy bug this class runs into (found by this test; strict: a fix makes it fail)."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-CASES = [pytest.param(p, id=p.id, marks=marks) for p, marks in [
-    (UNNAMED, ()),
-    (SHARED_MEMORY, _bug(
-        "restore: t = torch.from_numpy(arr) no longer shares arr's memory, and base and its "
-        "views come back as views of a hidden array (view.base is not base)")),
-    (UNSTORABLE, ()),
-    (GLOBAL_STATE, ()),
-    (USER_MODULES, ()),
-    (IDENTITY, ()),
-    (VALUES, ()),
-    (SETTINGS, ()),
-]]
+CASES = [pytest.param(p, id=p.id) for p in [
+    UNNAMED, SHARED_MEMORY, UNSTORABLE, GLOBAL_STATE, USER_MODULES, IDENTITY, VALUES, SETTINGS]]
 
 
 def _digest(kc, pattern):

@@ -27,6 +27,7 @@ def test_a_change_through_a_view_is_stored_for_its_base(session, store):
     assert state["a"][2] == 99 and state["b"][0] == 99
     state["b"][1] = -1  # still one memory after the restore
     assert state["a"][3] == -1 and np.shares_memory(state["a"], state["b"])
+    assert state["b"].base is state["a"]  # as numpy made it: the base is the named array
 
 
 def test_arrays_over_one_buffer_and_tensors_from_numpy_are_one_component(session, store):
@@ -44,6 +45,8 @@ def test_arrays_over_one_buffer_and_tensors_from_numpy_are_one_component(session
     assert tree.components["c"] == tree.components["t"]
     state = txpy.load(store, "t")
     assert state["y"][2] == 7 and state["c"][1] == 5 and state["t"][1] == 5
+    state["t"][2] = 9  # the tensor still lives in the array's memory
+    assert state["c"][2] == 9 and np.shares_memory(state["c"], state["t"].numpy())
 
 
 def test_a_rollback_restores_base_and_view_together_and_keeps_them_one(session):

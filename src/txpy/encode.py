@@ -24,6 +24,7 @@ import pickle
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,7 @@ class _StatePickler(cloudpickle.Pickler):
         self._main = namespace.get("__name__") if namespace is not None else None
         self._top: Any = None
         self._view_roots: dict[int, Any] = {}
+        self._arrays_at: dict[int, Any] = {}  # address -> a value's array owning that memory
         self._storages: dict[tuple[int, int], _StorageHolder] = {}
         self.storage_keys: set[int] = set()
         self.notes: list[str] = []
@@ -141,6 +143,7 @@ class _StatePickler(cloudpickle.Pickler):
     def dump(self, obj: Any) -> None:
         self._top = obj
         self._view_roots = _view_roots(obj)
+        self._arrays_at = _arrays_at(obj)
         super().dump(obj)
 
     def reducer_override(self, obj: Any) -> Any:
@@ -157,10 +160,14 @@ class _StatePickler(cloudpickle.Pickler):
         if np is not None and type(obj) is np.ndarray:
             self.storage_keys.update(_memory_roots(np, obj))
             root = _owner_array(np, obj)
-            if root is not obj and id(root) in self._view_roots and obj.dtype != object:
-                return _view_of, (root, obj.__array_interface__["data"][0]
-                                  - root.__array_interface__["data"][0], obj.shape,
-                                  obj.strides, obj.dtype, obj.flags.writeable)
+            if id(root) in self._view_roots and obj.dtype.kind in _NUMERIC:
+                if root is not obj:
+                    return _view_of, (root, obj.__array_interface__["data"][0]
+                                      - root.__array_interface__["data"][0], obj.shape,
+                                      obj.strides, obj.dtype, obj.flags.writeable)
+                if obj.flags.c_contiguous:  # restored owning its memory: view.base is it
+                    return _array_over, (pickle.PickleBuffer(obj), obj.dtype, obj.shape,
+                                         obj.flags.writeable)
             if obj.dtype == object:
                 data = _string_array_data(obj)
                 if data is not None:
@@ -286,7 +293,10 @@ class _StatePickler(cloudpickle.Pickler):
         key = (storage.data_ptr(), storage.nbytes())
         holder = self._storages.get(key)
         if holder is None:
-            holder = self._storages[key] = _StorageHolder(torch, storage, t.element_size())
+            array = self._arrays_at.get(key[0])  # torch.from_numpy(array): one memory
+            holder = self._storages[key] = _StorageHolder(
+                torch, storage, t.element_size(),
+                array if array is not None and array.nbytes == key[1] else None)
             self.storage_keys.add(-key[0])
         grad = None
         if t.is_leaf:
@@ -401,18 +411,31 @@ class _StorageHolder:
     """One torch storage, pickled once per stream as an out-of-band uint8 buffer, so views
     that share a storage still share it after a restore."""
 
-    def __init__(self, torch: Any, storage: Any, width: int):
+    def __init__(self, torch: Any, storage: Any, width: int, array: Any = None):
         self.storage = storage
         self._torch = torch
         self._width = width  # the item size its bytes are compressed by
+        self._array = array  # the numpy array of the same component over the same memory
 
     def __reduce__(self) -> Any:
+        if self._array is not None:
+            return _storage_over, (self._array,)
         if self.storage.nbytes() == 0:
             return _rebuild_storage, (b"",)
         data = self._torch.empty(0, dtype=self._torch.uint8).set_(self.storage).numpy()
         if self._width > 1 and data.nbytes % self._width == 0:
             data = data.view(f"V{self._width}")  # same bytes, with the item size
         return _rebuild_storage, (pickle.PickleBuffer(data),)
+
+
+def _storage_over(array: Any) -> Any:
+    """The storage of torch.from_numpy(array): the restored array's own memory."""
+    import numpy as np
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a read-only array: torch warns, and shares it
+        return torch.from_numpy(array.reshape(-1).view(np.uint8)).untyped_storage()
 
 
 def _rebuild_storage(buffer: Any) -> Any:
@@ -569,6 +592,37 @@ def _view_roots(top: Any) -> dict[int, Any]:
                 roots[id(owner)] = owner
             owners[id(owner)] = owner
     return roots
+
+
+#: numpy kinds stored as views of (or as owners for) their component's arrays: bool, numbers
+_NUMERIC = frozenset("biufc")
+
+
+def _arrays_at(top: Any) -> dict[int, Any]:
+    """{address: array} of the C-contiguous numeric arrays owning memory among a component's
+    values: a tensor over the same memory (torch.from_numpy) is restored over the array."""
+    np = sys.modules.get("numpy")
+    values = top if type(top) is tuple else (top,)
+    if np is None or len(values) < 2:
+        return {}
+    found = {}
+    for v in values:
+        if type(v) is np.ndarray:
+            owner = _owner_array(np, v)
+            if owner.flags.c_contiguous and owner.dtype.kind in _NUMERIC:
+                found[owner.__array_interface__["data"][0]] = owner
+    return found
+
+
+def _array_over(buffer: Any, dtype: Any, shape: tuple[int, ...], writeable: bool) -> Any:
+    """An array over buffer's memory whose base is no other array, so that the views
+    restored from it have it as their base, as before."""
+    import numpy as np
+
+    array = np.ndarray(shape, dtype, buffer=buffer)
+    if not writeable:
+        array.flags.writeable = False
+    return array
 
 
 def _view_of(root: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...],
