@@ -1,6 +1,7 @@
 """Values that must come back as they were (issue 14, class 7): classes with __slots__ and
 closures sharing a cell, restored in a new process."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -156,3 +157,53 @@ def test_a_notebook_getstate_runs_once_per_commit_even_for_names_stored_together
         assert ns["Counted"].calls == 2
         loaded = txpy.load(store, "t")
         assert loaded["b"][0].items == [1] and loaded["d"]["bag"] == [1, 2]
+
+
+CLASSES = """
+import abc, dataclasses, enum, typing
+class Shape(abc.ABC):
+    @abc.abstractmethod
+    def area(self): ...
+class Square(Shape):
+    def area(self):
+        return 4
+@dataclasses.dataclass
+class Config:
+    lr: float = 0.1
+    layers: list = dataclasses.field(default_factory=list)
+T = typing.TypeVar("T")
+class Box(typing.Generic[T]):
+    pass
+class Sized(typing.Protocol):
+    def size(self) -> int: ...
+class Pair(typing.NamedTuple):
+    a: int
+    b: str = "x"
+class Color(enum.Enum):
+    RED = 1
+made = [Square(), Config(), Box(), Pair(1), Color.RED]
+"""
+KINDS = ["Shape", "Square", "Config", "Box", "Sized", "Pair", "Color"]
+
+
+def test_classes_of_every_kind_are_stored_and_come_back_with_the_same_attributes(session,
+                                                                                  store):
+    """Generic and NamedTuple classes were not stored at all (their bases are not classes),
+    and a NamedTuple made its whole component fail to restore."""
+    run(session.namespace, CLASSES)
+    session.commit()
+    assert not session.unstored
+    ns = session.namespace
+    expected = [sorted(set(vars(ns[k])) - {"__slotnames__"}) for k in KINDS]
+    out = _in_new_process(store, f"""
+        import json
+        print(json.dumps([sorted(set(vars(st[k])) - {{"__slotnames__"}}) for k in {KINDS!r}],
+                         separators=(",", ":")))
+        try:
+            st["Shape"]()
+        except TypeError:
+            print("abstract")
+        print(st["Pair"](2).b, st["Config"]().lr, isinstance(st["made"][0], st["Shape"]))
+    """)
+    assert json.loads(out[0]) == expected
+    assert out[1:] == ["abstract", "x", "0.1", "True"]

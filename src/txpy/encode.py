@@ -210,7 +210,7 @@ class _StatePickler(cloudpickle.Pickler):
             return reduced
         reduced = cloudpickle_with_state_setter(reduced, _set_class_state)
         slots = type.__getattribute__(cls, "__dict__").get("__slots__")
-        if slots is not None:
+        if slots is not None and not _is_namedtuple(cls):  # NamedTuple sets its own
             reduced = cloudpickle_with_slots(reduced, slots)
         hooked = _namespace_hooked(bases, self._namespace)
         if not hooked:
@@ -362,10 +362,17 @@ def _set_class_state(cls: type, state: tuple[dict[str, Any], Any]) -> None:
     (``Feed.x = 1``) would outlive the rollback."""
     cloudpickle_class_setstate(cls, state)
     stored = state[0]
+    inherited: dict[str, Any] = {}  # what cloudpickle leaves out as the same as the bases'
+    for base in reversed(cls.__bases__):
+        inherited.update(vars(base))
     for name, value in list(vars(cls).items()):
-        if name not in stored and name not in _CLASS_OWN and \
-                not isinstance(value, types.MemberDescriptorType):  # a slot
+        if name not in stored and name not in _CLASS_OWN and inherited.get(name) is not value \
+                and not isinstance(value, types.MemberDescriptorType):  # a slot
             type.__delattr__(cls, name)
+
+
+def _is_namedtuple(cls: type) -> bool:
+    return issubclass(cls, tuple) and "_fields" in type.__getattribute__(cls, "__dict__")
 
 
 def _namespace_hooked(bases: tuple[type, ...], namespace: Mapping[str, Any] | None
@@ -373,8 +380,9 @@ def _namespace_hooked(bases: tuple[type, ...], namespace: Mapping[str, Any] | No
     """The classes among bases and their ancestors whose own __init_subclass__ was defined in
     the namespace."""
     hooked = {}
-    for base in bases:
-        for cls in base.__mro__:
+    for base in bases:  # cloudpickle's are __orig_bases__: Generic[T], NamedTuple's function
+        base = getattr(base, "__origin__", base)
+        for cls in getattr(base, "__mro__", ()):
             hook = vars(cls).get("__init_subclass__")
             if isinstance(hook, classmethod) and \
                     getattr(hook.__func__, "__globals__", None) is namespace:
