@@ -83,19 +83,19 @@ class Knowledge:
         """The names a commit must examine: new or rebound ones, the candidates (all if
         None), and every name sharing a component with those (a mutation reaches other names
         only through shared objects)."""
+        if cand is None:
+            return set(current)
         examine = set()
         for n, v in current.items():
             known = self._known.get(n)
-            if known is None or known.obj_id != id(v) or cand is None or n in cand:
+            if known is None or known.obj_id != id(v) or n in cand:
                 examine.add(n)
         if tree is not None and examine:
-            by_component: dict[str, list[str]] = {}
-            for n, key in tree.components.items():
-                by_component.setdefault(key, []).append(n)
+            members = tree.members
             for n in list(examine):
                 key = tree.components.get(n)
                 if key is not None:
-                    examine.update(m for m in by_component[key] if m in current)
+                    examine.update(m for m in members[key] if m in current)
         return examine
 
     def groups(self, names: Iterable[str], fresh: Mapping[str, set[int]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -105,6 +106,14 @@ class Tree:
     @property
     def names(self) -> set[str]:
         return set(self.components) | set(self.unstored)
+
+    @functools.cached_property
+    def members(self) -> dict[str, list[str]]:
+        """component key -> the names stored in it (worked out once per tree)."""
+        found: dict[str, list[str]] = {}
+        for n, key in self.components.items():
+            found.setdefault(key, []).append(n)
+        return found
 
     def component_keys(self) -> set[str]:
         keys = set(self.components.values())
