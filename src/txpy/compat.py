@@ -21,6 +21,7 @@ import itertools
 import platform
 import sys
 import types
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -138,13 +139,28 @@ def cloudpickle_track_classes(values: Iterable[Any], module: str | None) -> None
     classes as new ones: a rollback would replace a notebook's classes and its instances."""
     if module is None:
         return
-    for value in values:
-        kinds = (value, type(value)) if isinstance(value, type) else (type(value),)
-        for kind in kinds:
-            if getattr(kind, "__module__", None) == module:
-                for cls in kind.__mro__:
-                    if getattr(cls, "__module__", None) == module:
-                        _tracker_id(cls)
+    values = list(values)
+    kinds = set(map(type, values))  # a handful, however many values
+    metaclasses = {k for k in kinds if issubclass(k, type)}
+    classes = [v for v in values if type(v) in metaclasses] if metaclasses else []
+    for cls in kinds.union(classes):
+        if cls not in _tracked:
+            _track(cls, module)
+
+
+#: classes already given their ids (or not the namespace's): weakly, a class may go
+_tracked: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _track(kind: type, module: str) -> None:
+    if getattr(kind, "__module__", None) == module:
+        for cls in kind.__mro__:
+            if getattr(cls, "__module__", None) == module:
+                _tracker_id(cls)
+    try:
+        _tracked.add(kind)
+    except TypeError:  # not weakly referenceable
+        pass
 
 
 def cloudpickle_with_state_setter(reduced: Any, setter: Any) -> Any:

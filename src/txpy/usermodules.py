@@ -70,10 +70,8 @@ def _is_user_module(name: str, module: Any) -> bool:
 
 def user_modules(namespace: dict[str, Any],
                  shared: dict[str, dict[str, str]] | None = None) -> list[str]:
-    """The user modules the namespace uses (shared: its aliases, when known). Its verdicts
-    are remembered: a session calls it before forking a capture, so that children inherit
-    them instead of each working them out again (listing installed distributions takes
-    ~0.3 s)."""
+    """The user modules the namespace uses (shared: its aliases, when known); verdicts are
+    remembered (see warm)."""
     used = _used_by(namespace) | (aliases(namespace) if shared is None else shared).keys()
     return [name for name in sorted(used)
             if (module := sys.modules.get(name)) is not None and _is_user_module(name, module)]
@@ -116,6 +114,12 @@ def _loaded_user_modules() -> list[tuple[str, types.ModuleType]]:
         if seen[1]:
             found.append((name, module))
     return found
+
+
+def warm() -> None:
+    """Work out which loaded modules are user modules (listing installed distributions
+    takes ~0.3 s), so that forked children inherit the verdicts."""
+    _loaded_user_modules()
 
 
 def aliased(namespace: dict[str, Any]) -> set[str]:
