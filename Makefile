@@ -23,6 +23,7 @@ bench: $(PY)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_notebooks.py
 	$(PY) benchmarks/bench_background.py
+	$(PY) benchmarks/bench_fidelity.py
 	$(PY) benchmarks/bench_run.py
 
 clean:

@@ -1,10 +1,11 @@
 """What fidelity costs on the cell's path: the escape set, sweeps, user-module aliases.
 
-    python benchmarks/bench_fidelity.py [--cells 60] [--think 0.2]
+    python benchmarks/bench_fidelity.py [--cells 60] [--think 0.2] [--names 5000]
 
-A session of 5,000 small variables, a 200 MB array and a list of 20,000 dicts runs cells that
-each change one small variable, in sync and in background durability. Printed per mode, the
-time from a cell's end to the prompt (median and p95 over the cells that are not sweeps):
+A session of 5,000 small variables (--names), a 200 MB array and a list of 20,000 dicts runs
+cells that each change one small variable, in sync and in background durability. Printed
+per mode, the time from a cell's end to the prompt (median and p95 over the cells that are
+not sweeps):
 
 * plain: no escape set;
 * escape set: three lists of 10,000 records that a sweep found changed behind the cells'
@@ -45,9 +46,9 @@ logger.propagate = False
 """
 
 
-def namespace() -> dict:
+def namespace(names: int = 5000) -> dict:
     ns: dict = {"__name__": "__main__"}
-    ns.update({f"v{i}": i for i in range(5000)})
+    ns.update({f"v{i}": i for i in range(names)})
     ns["big"] = np.random.default_rng(0).random(200 * 131072)
     ns["records"] = [{"id": i, "name": f"r{i}", "score": i * 0.5} for i in range(20_000)]
     ns["counter"] = [0]
@@ -72,8 +73,9 @@ def ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1e3:6.1f} / {p95 * 1e3:6.1f} ms"
 
 
-def measure(durability: str, escaped: bool, cells: int, think: float) -> dict[str, str]:
-    ns = namespace()
+def measure(durability: str, escaped: bool, cells: int, think: float, names: int
+            ) -> dict[str, str]:
+    ns = namespace(names)
     with tempfile.TemporaryDirectory(prefix="txpy-bench-") as root:
         s = txpy.Session(f"{root}/.txpy", "bench", ns, notify=lambda m: None,
                          durability=durability, verify=False)
@@ -125,11 +127,13 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=60)
     parser.add_argument("--think", type=float, default=0.2,
                         help="seconds between cells (a background capture finishes)")
+    parser.add_argument("--names", type=int, default=5000, help="small variables besides")
     args = parser.parse_args()
-    print("txpy's time per cell on the cell's path (median / p95)")
+    print(f"txpy's time per cell on the cell's path (median / p95), {args.names} small "
+          "variables, a 200 MB array and 20,000 dicts")
     for durability in ("sync", "background"):
         for escaped in (False, True):
-            r = measure(durability, escaped, args.cells, args.think)
+            r = measure(durability, escaped, args.cells, args.think, args.names)
             label = f"{durability}, {'3 escaped names' if escaped else 'no escape set'}"
             print(f"{label}:")
             for k, v in r.items():
