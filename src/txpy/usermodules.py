@@ -39,9 +39,15 @@ def _distributed() -> frozenset[str]:
 @cache
 def _installed_roots() -> tuple[str, ...]:
     """Where installed code lives: the interpreter's prefixes (a project's .venv is often in
-    the working directory) and every site-packages directory."""
+    the working directory) and every site-packages directory, as given and resolved."""
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *_site_dirs()}
-    return tuple(os.path.realpath(r) + os.sep for r in roots if r)
+    return tuple({path + os.sep for r in roots if r
+                  for path in (os.path.abspath(r), os.path.realpath(r))})
+
+
+@cache
+def _resolved(directory: str) -> str:
+    return os.path.realpath(directory) + os.sep
 
 
 def _site_dirs() -> list[str]:
@@ -60,10 +66,14 @@ def _is_user_module(name: str, module: Any) -> bool:
     key = (name, file)
     verdict = _verdicts.get(key)
     if verdict is None:
-        real = os.path.realpath(file)
-        verdict = (real.startswith(os.path.realpath(os.getcwd()) + os.sep)
-                   and not real.startswith(_installed_roots())
-                   and name.partition(".")[0] not in _distributed())  # editable installs
+        # most modules are installed: told by their path as given (resolving a path costs a
+        # system call per directory: ~0.2 ms a module, 0.3 s for a kernel with torch)
+        verdict = os.path.isabs(file) and not file.startswith(_installed_roots())
+        if verdict:  # (torch.ops says its file is "_ops.py": no file under the directory)
+            real = os.path.realpath(file)
+            verdict = (real.startswith(_resolved(os.getcwd()))
+                       and not real.startswith(_installed_roots())
+                       and name.partition(".")[0] not in _distributed())  # editable installs
         _verdicts[key] = verdict
     return verdict
 
