@@ -16,10 +16,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import io
-import operator
 import pickle
 import sys
 import threading
@@ -30,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
-import xxhash
 
-from . import graph
+from . import arrays, graph
 from .compat import (
     cloudpickle_class_setstate,
     cloudpickle_function_newargs,
@@ -142,8 +139,8 @@ class _StatePickler(cloudpickle.Pickler):
 
     def dump(self, obj: Any) -> None:
         self._top = obj
-        self._view_roots = _view_roots(obj)
-        self._arrays_at = _arrays_at(obj)
+        self._view_roots = arrays.view_roots(obj)
+        self._arrays_at = arrays.arrays_at(obj)
         super().dump(obj)
 
     def reducer_override(self, obj: Any) -> Any:
@@ -158,9 +155,9 @@ class _StatePickler(cloudpickle.Pickler):
                 return reduced
         np = sys.modules.get("numpy")
         if np is not None and type(obj) is np.ndarray:
-            self.storage_keys.update(_memory_roots(np, obj))
-            root = _owner_array(np, obj)
-            if id(root) in self._view_roots and obj.dtype.kind in _NUMERIC:
+            self.storage_keys.update(arrays.memory_roots(np, obj))
+            root = arrays.owner_array(np, obj)
+            if id(root) in self._view_roots and obj.dtype.kind in arrays.NUMERIC:
                 if root is not obj:
                     return _view_of, (root, obj.__array_interface__["data"][0]
                                       - root.__array_interface__["data"][0], obj.shape,
@@ -169,7 +166,7 @@ class _StatePickler(cloudpickle.Pickler):
                     return _array_over, (pickle.PickleBuffer(obj), obj.dtype, obj.shape,
                                          obj.flags.writeable)
             if obj.dtype == object:
-                data = _string_array_data(obj)
+                data = arrays.string_array_data(obj)
                 if data is not None:
                     return _rebuild_string_array, (pickle.PickleBuffer(data), obj.shape)
             elif obj.dtype.kind in "mM" and (obj.flags.c_contiguous or obj.flags.f_contiguous):
@@ -471,44 +468,6 @@ def _rebuild_tensor(storage: Any, dtype: Any, offset: int, size: tuple[int, ...]
     return t
 
 
-#: numpy object arrays of this many elements or more that hold only str (pandas string
-#: columns without pyarrow) are encoded as one UTF-8 buffer, not element by element.
-STRING_ARRAY_MIN = 10_000
-_STRING_CACHE_BYTES = 512 << 20
-_string_cache: dict[tuple[str, tuple[int, ...]], tuple[Any, bytes]] = {}
-
-
-def _string_array_data(arr: Any) -> bytes | None:
-    """The strings of a C-contiguous object array joined by NUL as UTF-8, or None if it holds
-    anything but str (or a str containing NUL).
-
-    Cached by the array's pointers: the cache holds the list of the strings, so they stay
-    alive and no other object can take their addresses; equal pointers then mean
-    the very same immutable strings, and a column that did not change costs one hash (~5 ms
-    for 3M rows) instead of an encode.
-    """
-    if arr.size < STRING_ARRAY_MIN or not arr.flags.c_contiguous:
-        return None
-    pointers = (ctypes.c_ssize_t * arr.size).from_address(arr.ctypes.data)
-    key = (xxhash.xxh3_128_hexdigest(memoryview(pointers).cast("B")), arr.shape)
-    hit = _string_cache.get(key)
-    if hit is not None:
-        return hit[1]
-    np = sys.modules["numpy"]  # arr is an ndarray: numpy is loaded
-    items = arr.ravel().tolist()
-    if operator.countOf(map(type, items), str) != len(items):  # exactly str, no subclass
-        return None
-    data = "\x00".join(items).encode("utf-8", "surrogatepass")
-    # UTF-8 has a zero byte only for NUL: a string holding one would not split back the same
-    if len(items) - 1 != int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 0)):
-        return None
-    while _string_cache and sum(len(d) for _, d in _string_cache.values()) + len(data) > \
-            _STRING_CACHE_BYTES:
-        del _string_cache[next(iter(_string_cache))]
-    _string_cache[key] = (items, data)
-    return data
-
-
 _LOCKS = (type(threading.Lock()), type(threading.RLock()))
 #: Types whose objects cannot be pickled nor rebuilt from data: inside a value, a NotStored
 #: placeholder stands for them, so the rest of the value is stored (types by module, looked
@@ -575,53 +534,6 @@ def _new_lock(reentrant: bool) -> Any:
     return threading.RLock() if reentrant else threading.Lock()
 
 
-def _owner_array(np: Any, array: Any) -> Any:
-    """The ndarray at the end of array's chain of bases: the one whose memory it views."""
-    while isinstance(array.base, np.ndarray):
-        array = array.base
-    return array
-
-
-def _view_roots(top: Any) -> dict[int, Any]:
-    """Arrays whose views, in a component being pickled, are stored as views of them: those
-    that are themselves one of its values, or whose memory two of its values view. Any other
-    view is stored as a copy of what it shows (storing a whole base nobody named could cost
-    far more than the view)."""
-    np = sys.modules.get("numpy")
-    values = top if type(top) is tuple else (top,)
-    if np is None or len(values) < 2:
-        return {}
-    owners: dict[int, Any] = {}
-    roots: dict[int, Any] = {}
-    for v in values:
-        if type(v) is np.ndarray:
-            owner = _owner_array(np, v)
-            if owner is v or id(owner) in owners:
-                roots[id(owner)] = owner
-            owners[id(owner)] = owner
-    return roots
-
-
-#: numpy kinds stored as views of (or as owners for) their component's arrays: bool, numbers
-_NUMERIC = frozenset("biufc")
-
-
-def _arrays_at(top: Any) -> dict[int, Any]:
-    """{address: array} of the C-contiguous numeric arrays owning memory among a component's
-    values: a tensor over the same memory (torch.from_numpy) is restored over the array."""
-    np = sys.modules.get("numpy")
-    values = top if type(top) is tuple else (top,)
-    if np is None or len(values) < 2:
-        return {}
-    found = {}
-    for v in values:
-        if type(v) is np.ndarray:
-            owner = _owner_array(np, v)
-            if owner.flags.c_contiguous and owner.dtype.kind in _NUMERIC:
-                found[owner.__array_interface__["data"][0]] = owner
-    return found
-
-
 def _array_over(buffer: Any, dtype: Any, shape: tuple[int, ...], writeable: bool) -> Any:
     """An array over buffer's memory whose base is no other array, so that the views
     restored from it have it as their base, as before."""
@@ -642,21 +554,6 @@ def _view_of(root: Any, offset: int, shape: tuple[int, ...], strides: tuple[int,
     if not writeable:
         view.flags.writeable = False
     return view
-
-
-def _memory_roots(np: Any, array: Any) -> tuple[int, ...]:
-    """Keys of the memory an ndarray lives in, so that names whose arrays share memory (views
-    of one base, np.frombuffer of one buffer, torch.from_numpy) are one co-variable: a change
-    through one is a change of the other. The id of the object owning the memory (an id, like
-    the shared objects'), and for memory numpy allocated, minus its address (a torch storage's
-    key: a tensor made by from_numpy shares it)."""
-    root = _owner_array(np, array)
-    owner = root.base
-    while isinstance(owner, memoryview):  # np.frombuffer: a fresh view of the buffer each time
-        owner = owner.obj
-    if owner is not None:  # memory numpy did not allocate (a bytearray, an mmap, a tensor...)
-        return (id(owner),)
-    return (id(root), -root.__array_interface__["data"][0])
 
 
 def _view_as(array: Any, dtype: Any) -> Any:
