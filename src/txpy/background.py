@@ -162,7 +162,7 @@ class Background:
         examine = s._known.to_examine(current, every, s._tree)
         if not self._flight and self._predicted_cost(current, examine) < FORK_COST:
             return current, examine  # nothing in flight: every is cand
-        usermodules.warm()  # worked out once here, not in every child
+        usermodules.warm(current)  # worked out once here, not in every child
         cloudpickle_track_classes((current[n] for n in examine), s.namespace.get("__name__"))
         with interrupts.held():  # the child and its record in the queue: both or neither
             child = capture.fork(lambda: self._in_child(current, examine, every, expected))

@@ -60,6 +60,13 @@ _verdicts: dict[tuple[str, str], bool] = {}
 
 
 def _is_user_module(name: str, module: Any) -> bool:
+    """A module from a file under the working directory that no distribution installs."""
+    return _under_cwd(name, module) and \
+        name.partition(".")[0] not in _distributed()  # editable installs
+
+
+def _under_cwd(name: str, module: Any) -> bool:
+    """A module from a .py file under the working directory, not under an installed root."""
     file = getattr(module, "__file__", None)
     if not isinstance(file, str) or not file.endswith(".py") or name == "__main__":
         return False
@@ -71,9 +78,8 @@ def _is_user_module(name: str, module: Any) -> bool:
         verdict = os.path.isabs(file) and not file.startswith(_installed_roots())
         if verdict:  # (torch.ops says its file is "_ops.py": no file under the directory)
             real = os.path.realpath(file)
-            verdict = (real.startswith(_resolved(os.getcwd()))
-                       and not real.startswith(_installed_roots())
-                       and name.partition(".")[0] not in _distributed())  # editable installs
+            verdict = real.startswith(_resolved(os.getcwd())) and \
+                not real.startswith(_installed_roots())
         _verdicts[key] = verdict
     return verdict
 
@@ -97,7 +103,7 @@ def aliases(namespace: dict[str, Any]) -> dict[str, dict[str, str]]:
     the namespace and the module's global is bound to it again on restore; and since the
     module's functions change it without a cell naming it, the name is examined at every
     commit."""
-    globals_by_id = {id(value): (name, key) for name, module in _loaded_user_modules()
+    globals_by_id = {id(value): (name, key) for name, module in _loaded_under_cwd()
                      for key, value in _data_globals(module).items()
                      if not isinstance(value, _IMMUTABLE)}
     if not globals_by_id:
@@ -107,29 +113,41 @@ def aliases(namespace: dict[str, Any]) -> dict[str, dict[str, str]]:
         where = globals_by_id.get(id(value))
         if where is not None and where[1] not in found.get(where[0], {}):
             found.setdefault(where[0], {})[where[1]] = n
-    return found
+    # only now, for a module some name aliases: is it an installed (editable) package?
+    return {name: names for name, names in found.items()
+            if _is_user_module(name, sys.modules[name])}
 
 
 _loaded: dict[str, tuple[Any, bool]] = {}
+_last_scan: tuple[tuple[int, str | None], list[tuple[str, types.ModuleType]]] | None = None
 
 
-def _loaded_user_modules() -> list[tuple[str, types.ModuleType]]:
-    """The user modules in sys.modules; each module's verdict is remembered with it (a kernel
-    with torch and pandas has 2,500 modules: ~0.2 ms a commit, not ~2)."""
+def _loaded_under_cwd() -> list[tuple[str, types.ModuleType]]:
+    """The modules in sys.modules from files under the working directory (see _under_cwd);
+    each module's verdict is remembered with it, and the whole answer while sys.modules
+    keeps its size and last entry (a kernel with torch has 2,500 modules: scanning them
+    costs ~1 ms, twice a commit)."""
+    global _last_scan
+    key = (len(sys.modules), next(reversed(sys.modules), None))
+    if _last_scan is not None and _last_scan[0] == key:
+        return _last_scan[1]
     found = []
     for name, module in list(sys.modules.items()):
         seen = _loaded.get(name)
         if seen is None or seen[0] is not module:
-            seen = _loaded[name] = (module, _is_user_module(name, module))
+            seen = _loaded[name] = (module, _under_cwd(name, module))
         if seen[1]:
             found.append((name, module))
+    _last_scan = (key, found)
     return found
 
 
-def warm() -> None:
-    """Work out which loaded modules are user modules (listing installed distributions
-    takes ~0.3 s), so that forked children inherit the verdicts."""
-    _loaded_user_modules()
+def warm(namespace: dict[str, Any]) -> None:
+    """Work out which modules the namespace uses are user modules (listing installed
+    distributions takes ~0.3 s), so that forked children inherit the verdicts; at once
+    where no module is loaded from the working directory (a notebook importing none)."""
+    if _loaded_under_cwd():
+        user_modules(namespace)
 
 
 def aliased(namespace: dict[str, Any]) -> set[str]:
