@@ -22,16 +22,21 @@ from conftest import run
 from txpy.compat import (
     UnsupportedVersionError,
     check_ipython,
+    cloudpickle_class_setstate,
     cloudpickle_function_newargs,
     cloudpickle_function_setstate,
     cloudpickle_function_state,
     cloudpickle_make_skeleton_class,
     cloudpickle_skeleton_bases,
+    cloudpickle_track_classes,
     cloudpickle_with_slots,
+    cloudpickle_with_state_setter,
     copyreg_newobj,
     copyreg_slotnames,
     forget_line_magic,
     fresh_classes,
+    pandas_changed_options,
+    pandas_set_options,
     private,
     require,
 )
@@ -96,6 +101,39 @@ def test_a_notebook_class_reduces_to_a_skeleton_with_its_bases():
     rebuilt = cloudpickle_make_skeleton_class(*reduced[1])
     assert rebuilt.__name__ == "Child" and rebuilt.__bases__ == (ns["Base"],)
     assert cloudpickle_skeleton_bases(pickler.reducer_override(json.JSONDecoder)) is None
+
+
+def test_a_skeleton_class_reduction_takes_another_state_setter():
+    ns = {"__name__": "__main__"}
+    run(ns, "class Child:\n    x = 1")
+    reduced = cloudpickle.Pickler(io.BytesIO()).reducer_override(ns["Child"])
+    assert reduced[5] is cloudpickle_class_setstate  # what cloudpickle sets the state with
+    setter = object()
+    assert cloudpickle_with_state_setter(reduced, setter)[5] is setter
+    assert cloudpickle_with_state_setter(reduced, setter)[:5] == reduced[:5]
+
+
+def test_a_tracked_class_unpickles_as_itself_in_this_process():
+    ns = {"__name__": "__main__"}
+    run(ns, "class Tracked:\n    pass")
+    cloudpickle_track_classes([ns["Tracked"]()], "__main__")
+    data = cloudpickle.dumps(ns["Tracked"])
+    assert cloudpickle.loads(data) is ns["Tracked"]
+
+
+def test_pandas_options_changed_from_their_defaults_are_read_and_set():
+    pd = pytest.importorskip("pandas")
+    before = pandas_changed_options(pd)
+    with pd.option_context("display.max_rows", 7):
+        changed = pandas_changed_options(pd)
+        assert changed.get("display.max_rows") == 7
+    assert pandas_changed_options(pd) == before
+    pandas_set_options(pd, changed)
+    try:
+        assert pd.get_option("display.max_rows") == 7
+    finally:
+        pandas_set_options(pd, before)
+    assert pandas_changed_options(pd) == before
 
 
 def test_slotnames_caches_what_pickling_an_instance_would():
