@@ -89,3 +89,19 @@ def test_a_new_process_restores_the_settings(store, settings_kept):
               logging.getLogger("txpy.test.logger").level, pd.get_option("display.max_rows"))
     """)], capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out == ["raise", "torch.float64", "False", str(logging.ERROR), "7"]
+
+
+def test_a_rollback_puts_warnings_filters_back_exactly(session, settings_kept, monkeypatch):
+    """A filter Python installs holds its module as a plain string; put back through
+    filterwarnings it became a regex (and the commit after a rollback a new one)."""
+    monkeypatch.setattr(warnings, "filters", [  # Python's own, without pytest's
+        ("default", None, DeprecationWarning, "__main__", 0),
+        ("ignore", None, ImportWarning, None, 0)])
+    warnings._filters_mutated()
+    session.namespace["x"] = 1
+    session.commit()
+    before = list(warnings.filters)
+    with pytest.raises(ValueError), session.transaction():
+        warnings.simplefilter("ignore")
+        raise ValueError
+    assert warnings.filters == before and warnings.filters[0][3] == "__main__"

@@ -43,9 +43,16 @@ def _warnings_filters(warnings: Any) -> list[Any]:
 
 
 def _set_warnings_filters(warnings: Any, filters: list[Any]) -> None:
-    """Through the public API, which also drops the caches of warnings already shown."""
+    """The filters exactly as captured, and the caches of warnings already shown dropped, as
+    catch_warnings does (through filterwarnings, the plain module string of a filter Python
+    installs would come back as a regex, and every first rollback changed the state)."""
     ours = [f for f in warnings.filters if getattr(f[2], "__module__", "") == "__main__"]
-    warnings.resetwarnings()
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        warnings.filters[:] = ours + list(filters)
+        mutated()
+        return
+    warnings.resetwarnings()  # a Python without it: through the public API
     for action, message, category, module, lineno in ours + list(filters):
         if message is None and module is None:
             warnings.simplefilter(action, category, lineno, append=True)
