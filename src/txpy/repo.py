@@ -26,6 +26,7 @@ from typing import Any
 from .errors import (
     CorruptStoreError,
     NotAStoreError,
+    RemoteError,
     StoreBusyError,
     UnknownRefError,
     UntrustedError,
@@ -409,25 +410,39 @@ class Repository:
     def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
         """Verify every commit, tree, manifest and chunk; report what any damage affects.
         progress(i, n) is called before commit i of n is checked."""
-        report = FsckReport()
-        check = ChunkChecker(self.chunks)
-        ids = self.meta.commit_ids()
-        for i, cid in enumerate(ids):
-            if progress:
-                progress(i, len(ids))
-            report.commits += 1
-            try:
-                commit = self.read_commit(cid)
-            except CorruptStoreError as e:
-                report.damage.append(Damage(cid, "?", str(e)))
-                continue
-            filed = self.commit_record(cid).history
-            if filed != commit.history:  # log and HEAD go by where a record is filed
-                report.damage.append(Damage(cid, commit.history, f"filed under history "
-                                            f"{filed!r}, signed as {commit.history!r}"))
-            report.damage.extend(commit_damage(commit, self.chunks, check))
-        report.chunks = len(check.verified)
-        return report
+        return check_commits(self.meta.commit_ids(), self._read_filed_commit, self.chunks,
+                             progress)
+
+    def _read_filed_commit(self, cid: str) -> tuple[Commit, list[Damage]]:
+        commit = self.read_commit(cid)
+        filed = self.commit_record(cid).history
+        if filed != commit.history:  # log and HEAD go by where a record is filed
+            return commit, [Damage(cid, commit.history, f"filed under history {filed!r}, "
+                                   f"signed as {commit.history!r}")]
+        return commit, []
+
+
+def check_commits(ids: list[str], read: Callable[[str], tuple[Commit, list[Damage]]],
+                  chunks: ChunkStore, progress: Callable[[int, int], None] | None,
+                  report: FsckReport | None = None) -> FsckReport:
+    """fsck of a store or a remote: each commit read and verified by read (its damage, or
+    CorruptStoreError/RemoteError for a record that cannot be trusted), then everything it
+    refers to, each chunk verified once; progress(i, n) before commit i of n."""
+    report = report or FsckReport()
+    check = ChunkChecker(chunks)
+    for i, cid in enumerate(ids):
+        if progress:
+            progress(i, len(ids))
+        report.commits += 1
+        try:
+            commit, damage = read(cid)
+        except (CorruptStoreError, RemoteError) as e:
+            report.damage.append(Damage(cid, "?", str(e)))
+            continue
+        report.damage.extend(damage)
+        report.damage.extend(commit_damage(commit, chunks, check))
+    report.chunks = len(check.verified)
+    return report
 
 
 class ChunkChecker:

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from ..errors import CorruptStoreError, RemoteError
 from ..model import Commit
 from ..repo import (
-    ChunkChecker,
     Damage,
     FsckReport,
     Repository,
     check_commit_record,
-    commit_damage,
+    check_commits,
 )
 from .objects import Remote, reaching, record_bytes
 
@@ -100,19 +99,10 @@ def fsck_remote(remote: Remote, progress: Callable[[int, int], None] | None = No
         except CorruptStoreError as e:
             report.damage.append(Damage("(refs)", remote.url, str(e)))
             tips = set()
-        ids = sorted(set(remote.commits.keys()) | tips)
-        check = ChunkChecker(remote.chunks)
-        for i, cid in enumerate(ids):
-            if progress:
-                progress(i, len(ids))
-            report.commits += 1
-            try:
-                rec = remote.read_commit(cid)
-                check_commit_record(cid, rec.body, rec.sig, rec.signer, {rec.signer: ""})
-            except (CorruptStoreError, RemoteError) as e:
-                report.damage.append(Damage(cid, "?", str(e)))
-                continue
-            report.damage.extend(commit_damage(Commit.from_body(cid, rec.body), remote.chunks,
-                                               check))
-        report.chunks = len(check.verified)
-    return report
+        def read(cid: str) -> tuple[Commit, list[Damage]]:
+            rec = remote.read_commit(cid)
+            check_commit_record(cid, rec.body, rec.sig, rec.signer, {rec.signer: ""})
+            return Commit.from_body(cid, rec.body), []
+
+        return check_commits(sorted(set(remote.commits.keys()) | tips), read, remote.chunks,
+                             progress, report)
