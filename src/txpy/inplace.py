@@ -118,10 +118,7 @@ class Merger:
                 + saved[len(live):]
             return live
         if kind is dict:
-            merged = {k: self.merge(live[k], v) if k in live else v for k, v in saved.items()}
-            live.clear()
-            live.update(merged)
-            return live
+            return self._merge_dict(live, saved)
         if kind is set:
             live.clear()
             live.update(saved)
@@ -167,10 +164,7 @@ class Merger:
         if not isinstance(state, dict) or not isinstance(saved_state, dict):
             return saved
         self._merge_slots(live, saved)
-        merged = {k: self.merge(state[k], v) if k in state else v
-                  for k, v in saved_state.items()}
-        state.clear()
-        state.update(merged)
+        self._merge_dict(state, saved_state)
         return live
 
     def _merge_function(self, live: types.FunctionType, saved: types.FunctionType) -> Any:
@@ -191,10 +185,14 @@ class Merger:
             cell.cell_contents = self.merge(current, value)
         live.__defaults__ = self.merge(live.__defaults__, saved.__defaults__)
         live.__kwdefaults__ = self.merge(live.__kwdefaults__, saved.__kwdefaults__)
-        merged = {k: self.merge(live.__dict__[k], v) if k in live.__dict__ else v
-                  for k, v in saved.__dict__.items()}
-        live.__dict__.clear()
-        live.__dict__.update(merged)
+        self._merge_dict(live.__dict__, saved.__dict__)
+        return live
+
+    def _merge_dict(self, live: dict[Any, Any], saved: dict[Any, Any]) -> dict[Any, Any]:
+        """live with saved's items, each merged into the one live held under its key."""
+        merged = {k: self.merge(live[k], v) if k in live else v for k, v in saved.items()}
+        live.clear()
+        live.update(merged)
         return live
 
     def _merge_partial(self, live: functools.partial, saved: functools.partial) -> Any:

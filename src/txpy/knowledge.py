@@ -75,6 +75,11 @@ class Knowledge:
     def __getitem__(self, name: str) -> Known:
         return self._known[name]
 
+    def binds(self, name: str, value: Any) -> bool:
+        """Whether name is known bound to value's very object (not rebound since)."""
+        known = self._known.get(name)
+        return known is not None and known.obj_id == id(value)
+
     def names(self) -> KeysView[str]:
         return self._known.keys()
 

@@ -101,8 +101,7 @@ class Loader:
     def _into_live(self, merger: Merger, name: str, value: Any, current: dict[str, Any]
                    ) -> Any:
         """value written into the object name is bound to, if that is still HEAD's object."""
-        known = self._known.get(name)
-        if name in current and known is not None and known.obj_id == id(current[name]):
+        if name in current and self._known.binds(name, current[name]):
             try:
                 return merger.merge(current[name], value)
             except RecursionError:  # a structure too deep to walk: rebind it instead

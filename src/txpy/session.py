@@ -379,8 +379,7 @@ class Session:
         # values holding what txpy cannot store (a generator) are rolled back in place, that
         # part kept as it is; one rebound since would come back without it: kept whole
         partial = {n for n in changed & current.keys() if n in tree.partial}
-        keep = {n for n in partial if self._known.get(n) is None
-                or self._known[n].obj_id != id(current[n])}
+        keep = {n for n in partial if not self._known.binds(n, current[n])}
         if keep:
             self.notify("kept as they are (they hold what txpy cannot store, so they cannot be "
                         "rolled back): " + ", ".join(f"{n} ({tree.partial[n]})"
